@@ -1,0 +1,1 @@
+"""Inference: preprocessing shared with training, the model runtime and the batcher."""
