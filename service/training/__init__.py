@@ -1,0 +1,1 @@
+"""Offline trainer: manifest -> trained, evaluated, versioned model artifact."""

@@ -1,0 +1,3 @@
+from service.training.cli import main
+
+raise SystemExit(main())
