@@ -1,0 +1,91 @@
+"""Every error leaves the API as ``{"error": {"code", "message"}}`` with its HTTP status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.api.schemas import ErrorResponse
+from service.errors import ServiceError, ServiceUnavailable, UnprocessableInput
+
+log = logging.getLogger("mmserve.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: UnprocessableInput.code,
+}
+
+_DESCRIPTIONS = {
+    400: "The image cannot be decoded, or the body is malformed.",
+    404: "No such model.",
+    413: "An image declares too many pixels, or a batch holds too many items.",
+    415: "The body has a content type this endpoint does not accept.",
+    422: "A field is missing or invalid, or the text is too long.",
+    503: "The model is not loaded yet (see Retry-After).",
+}
+
+
+def error_json(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error body every failure uses."""
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = None
+    if isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_json(exc.status_code, exc.code, exc.message, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    message = "; ".join(problems) or "invalid request"
+    return error_json(422, UnprocessableInput.code, message)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_json(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # One line only: Starlette re-raises after this response, so the server logs the traceback.
+    log.error(
+        "unexpected error on %s %s: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+    )
+    return error_json(500, ServiceError.code, "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map service, validation, HTTP and unexpected errors to the error body."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

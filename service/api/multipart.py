@@ -1,0 +1,67 @@
+"""Reading ``multipart/form-data`` bodies: ``image`` file parts, ``text`` parts, ``top_k``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from service.api.parsing import Item, check_text
+from service.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+
+# Room for `top_k` and stray fields beside the image and text parts.
+_SPARE_FIELDS = 8
+
+
+@asynccontextmanager
+async def read_form(request: Request, max_items: int) -> AsyncIterator[FormData]:
+    """Parse a multipart body of at most ``max_items`` files; close its files on exit."""
+    try:
+        form = await request.form(max_files=max_items, max_fields=max_items + _SPARE_FIELDS)
+    except HTTPException as exc:
+        # Starlette reports its part limits as a 400 whose detail starts "Too many".
+        if str(exc.detail).startswith("Too many"):
+            raise PayloadTooLarge(f"at most {max_items} items per request: {exc.detail}") from exc
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+async def form_items(form: FormData, max_text_chars: int) -> list[Item]:
+    """The ``image`` file parts paired by order with the ``text`` parts."""
+    files = form.getlist("image")
+    texts = form.getlist("text")
+    if not files:
+        raise UnprocessableInput("missing the 'image' part: send the image as a file part")
+    if not texts:
+        raise UnprocessableInput("missing the 'text' part ('' stands for no text)")
+    if len(files) != len(texts):
+        raise UnprocessableInput(
+            f"{len(files)} 'image' parts but {len(texts)} 'text' parts: send one text per image"
+        )
+    items = []
+    for i, (file, text) in enumerate(zip(files, texts, strict=True)):
+        where = f"item {i}: " if len(files) > 1 else ""
+        if not isinstance(file, UploadFile):
+            raise UnprocessableInput(f"{where}'image' must be a file part, not a text field")
+        if not isinstance(text, str):
+            raise UnprocessableInput(f"{where}'text' must be a text field, not a file")
+        check_text(text, max_text_chars, where)
+        items.append(Item(await file.read(), text))
+    return items
+
+
+def form_top_k(form: FormData, default: int | None) -> int | None:
+    """The ``top_k`` form field when there is one, else ``default`` (the query parameter)."""
+    value = form.get("top_k")
+    if value is None:
+        return default
+    top_k = int(value) if isinstance(value, str) and value.strip().isdigit() else 0
+    if top_k < 1:
+        raise UnprocessableInput(f"top_k must be an integer >= 1, got {value!r}")
+    return top_k

@@ -1,0 +1,72 @@
+"""``GET /v1/models`` and ``GET /v1/models/{name}``: what is served and how to call it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import RuntimeDep
+from service.api.errors import error_responses
+from service.api.schemas import ModelInfo, ModelList, TensorSpec
+from service.errors import NotFound
+from service.inference.classifier import Classifier
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def model_info(classifier: Classifier) -> ModelInfo:
+    """Describe a loaded classifier."""
+    h, w = classifier.image_size
+    meta = classifier.metadata
+    return ModelInfo(
+        name=classifier.name,
+        version=classifier.version,
+        labels=list(classifier.labels),
+        device=classifier.device,
+        inputs=[
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=[-1, h, w, 3],
+                description="RGB pixels 0..255 after decoding any image file and stretching "
+                "it to the model's size (the API does this for uploaded files).",
+            ),
+            TensorSpec(
+                name="text",
+                dtype="string",
+                shape=[-1],
+                description="Raw text; the model normalises and tokenises it ('' = no text).",
+            ),
+        ],
+        outputs=[
+            TensorSpec(
+                name="probabilities",
+                dtype="float32",
+                shape=[-1, len(classifier.labels)],
+                description="Softmax over the labels, in label order.",
+            )
+        ],
+        metrics=dict(meta.metrics),
+        created_at=meta.created_at,
+        framework=dict(meta.framework),
+    )
+
+
+@router.get(
+    "", summary="List the served models", response_model=ModelList, responses=error_responses(503)
+)
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    """Every model this server holds (one per process)."""
+    return ModelList(models=[model_info(runtime.classifier)])
+
+
+@router.get(
+    "/{name}",
+    summary="Describe one model",
+    response_model=ModelInfo,
+    responses=error_responses(404, 503),
+)
+async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
+    """Labels, device, input and output signature, metrics and provenance of a model."""
+    if name != runtime.classifier.name:
+        raise NotFound(f"model {name!r} is not served here (serving {runtime.classifier.name!r})")
+    return model_info(runtime.classifier)

@@ -1,0 +1,218 @@
+"""Request and response bodies of the REST API, with the examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Prediction(BaseModel):
+    """One class and its probability."""
+
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class PredictResponse(BaseModel):
+    """Class probabilities for one image+text pair, most probable first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "demo",
+                    "version": 1,
+                    "label": "cat",
+                    "predictions": [
+                        {"label": "cat", "probability": 0.91},
+                        {"label": "dog", "probability": 0.07},
+                        {"label": "bird", "probability": 0.02},
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str = Field(description="Name of the model that answered.")
+    version: int = Field(description="Version of the model that answered.")
+    label: str = Field(description="The most probable class.")
+    predictions: list[Prediction] = Field(
+        description="Every class (or the top_k), by probability, highest first."
+    )
+
+
+class BatchResult(BaseModel):
+    """The answer for one pair of a batch."""
+
+    label: str
+    predictions: list[Prediction]
+
+
+class BatchPredictResponse(BaseModel):
+    """One result per pair, in request order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "demo",
+                    "version": 1,
+                    "results": [
+                        {"label": "cat", "predictions": [{"label": "cat", "probability": 0.91}]},
+                        {"label": "dog", "predictions": [{"label": "dog", "probability": 0.84}]},
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: int
+    results: list[BatchResult]
+
+
+class B64Image(BaseModel):
+    """Image file bytes in base64 (TF Serving's ``{"b64": ...}`` convention)."""
+
+    b64: str = Field(description="The encoded image file (JPEG, PNG, ...) in base64.")
+
+
+class BatchInstance(BaseModel):
+    """One image+text pair of a JSON batch."""
+
+    image: B64Image
+    text: str
+
+
+class BatchRequest(BaseModel):
+    """A JSON batch: image+text pairs answered in order."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "instances": [
+                        {"image": {"b64": "iVBORw0KGgoAAAANSUhEUg..."}, "text": "a small cat"},
+                        {"image": {"b64": "/9j/4AAQSkZJRgABAQ..."}, "text": "a barking dog"},
+                    ],
+                    "top_k": 3,
+                }
+            ]
+        },
+    )
+
+    instances: list[BatchInstance] = Field(min_length=1)
+    top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
+
+
+class PredictForm(BaseModel):
+    """``multipart/form-data`` body of ``POST /v1/predict``."""
+
+    image: bytes = Field(description="An image file: JPEG, PNG, GIF, WebP, BMP or TIFF.")
+    text: str = Field(description="The text that goes with the image ('' for none).")
+    top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
+
+
+class BatchForm(BaseModel):
+    """``multipart/form-data`` body of ``POST /v1/predict/batch``: parts paired by order."""
+
+    image: list[bytes] = Field(description="Repeated image file parts.")
+    text: list[str] = Field(description="Repeated text parts, one per image, in the same order.")
+    top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
+
+
+class TensorSpec(BaseModel):
+    """One input or output of the model."""
+
+    name: str
+    dtype: str
+    shape: list[int] = Field(description="-1 stands for the batch dimension.")
+    description: str
+
+
+class ModelInfo(BaseModel):
+    """What is served: labels, device, signature, evaluation metrics and provenance."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "demo",
+                    "version": 1,
+                    "labels": ["bird", "cat", "dog"],
+                    "device": "/GPU:0",
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "dtype": "float32",
+                            "shape": [-1, 64, 64, 3],
+                            "description": "RGB pixels 0..255 ...",
+                        },
+                        {"name": "text", "dtype": "string", "shape": [-1], "description": "..."},
+                    ],
+                    "outputs": [
+                        {
+                            "name": "probabilities",
+                            "dtype": "float32",
+                            "shape": [-1, 3],
+                            "description": "Softmax over labels, in label order.",
+                        }
+                    ],
+                    "metrics": {"test": {"accuracy": 0.95, "f1_macro": 0.95}},
+                    "created_at": "2024-05-01T12:00:00+00:00",
+                    "framework": {"tensorflow": "2.21.0", "keras": "3.15.1"},
+                }
+            ]
+        }
+    )
+
+    name: str
+    version: int
+    labels: list[str] = Field(description="Class names in output order.")
+    device: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: dict[str, Any] = Field(description="Evaluation metrics recorded at training time.")
+    created_at: str
+    framework: dict[str, str]
+
+
+class ModelList(BaseModel):
+    """The models this server holds."""
+
+    models: list[ModelInfo]
+
+
+class LiveResponse(BaseModel):
+    """The process is up."""
+
+    status: Literal["alive"] = "alive"
+
+
+class ReadyResponse(BaseModel):
+    """The model is loaded, verified against its golden examples, and serving."""
+
+    status: Literal["ready"] = "ready"
+    model: str
+    version: int
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_image.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"code": "invalid_image", "message": "cannot decode image: ..."}}
+            ]
+        }
+    )
+
+    error: ErrorDetail

@@ -1,0 +1,53 @@
+"""The `mmserve` command line and the cost of importing the entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_entry_points_do_not_import_tensorflow() -> None:
+    code = "import sys, service.main; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"]])
+def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)
+    assert exit_info.value.code == 0
+    assert "usage: mmserve" in capsys.readouterr().out
+
+
+def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    argv = ["serve", "--host", "0.0.0.0", "--port", "9001", "--model-store", str(tmp_path)]
+    argv += ["--model-name", "tiny", "--model-version", "2", "--device", "cpu"]
+    assert cli([*argv, "--log-level", "warning"]) == 0
+    (call,) = calls
+    assert (call["host"], call["port"], call["log_level"]) == ("0.0.0.0", 9001, "warning")
+    settings = call["app"].state.settings
+    assert settings.model_store == tmp_path
+    assert (settings.model_name, settings.model_version, settings.device) == ("tiny", 2, "cpu")
+
+
+@pytest.mark.parametrize("argv", [[], ["serve", "--port", "0"], ["serve", "--device", "tpu"]])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)
+    assert exit_info.value.code == 2
+    assert "mmserve" in capsys.readouterr().err
