@@ -6,11 +6,15 @@ Importing this module is cheap: the model loads when the server starts.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+# TensorFlow's C++ INFO/WARNING lines (CPU instruction sets, CUDA probing) are noise here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from service.app import create_app
 from service.settings import Settings

@@ -7,7 +7,6 @@ model) must give the same probabilities, or the service refuses to become ready.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +15,6 @@ from service.errors import ArtifactError
 from service.inference.classifier import Classifier
 from service.inference.preprocessing import blank_image, preprocess_image
 from service.model_store import ModelVersion, load_golden
-
-log = logging.getLogger("mmserve.golden")
 
 
 @dataclass(frozen=True)
@@ -59,5 +56,4 @@ def verify_golden(
                 f"golden example {i} ({ex.image}, {ex.text!r}) differs from training by "
                 f"{diff:.3e} (tolerance {tolerance:.0e}): serving does not reproduce training"
             )
-    log.info("golden check passed: %d examples, max |diff| %.2e", len(golden.examples), worst)
     return GoldenReport(len(golden.examples), worst, tolerance)

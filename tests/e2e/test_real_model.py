@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,18 @@ def server_command(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
 
 
+def cli_server_command(port: int) -> list[str]:
+    """The container's command (`mmserve serve`), listening where the test can reach it."""
+    return [
+        str(Path(sys.executable).parent / "mmserve"),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def server_env(store: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
     env.update(MMSERVE_MODEL_STORE=str(store), MMSERVE_MODEL_NAME="tiny", TF_CPP_MIN_LOG_LEVEL="2")
@@ -192,14 +204,16 @@ def start_and_expect_exit(store: Path) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def running_server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start uvicorn, wait (bounded) for readiness, and always stop it afterwards."""
+def running_server(
+    store: Path, tmp_path: Path, command: Callable[[int], list[str]] = server_command
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start the server, wait (bounded) for readiness, and always stop it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "server.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            server_command(port), cwd=ROOT, env=server_env(store), stdout=log, stderr=log
+            command(port), cwd=ROOT, env=server_env(store), stdout=log, stderr=log
         )
         try:
             wait_until_ready(url, process, log_file)

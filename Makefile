@@ -1,0 +1,43 @@
+# Thin wrappers; each target works on a fresh machine (it creates .venv when missing).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+MODEL_STORE ?= model_store
+MODEL_NAME ?= demo
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve train-demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Serve $(MODEL_NAME) on port $(PORT); trains the demo model first when the store lacks it.
+serve: setup
+	@if [ -z "$$(ls -d $(MODEL_STORE)/$(MODEL_NAME)/[0-9]* 2>/dev/null)" ]; then \
+		if [ "$(MODEL_NAME)" != demo ]; then \
+			echo "no model $(MODEL_NAME) in $(MODEL_STORE)"; exit 1; fi; \
+		echo "no demo model in $(MODEL_STORE): training it first (about 3 minutes)"; \
+		$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE); \
+	fi
+	$(VENV)/bin/mmserve serve --host 0.0.0.0 --port $(PORT) \
+		--model-store $(MODEL_STORE) --model-name $(MODEL_NAME)
+
+train-demo: setup
+	$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
