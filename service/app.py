@@ -23,6 +23,7 @@ from service.inference.classifier import Classifier, TFClassifier, configure_ten
 from service.inference.golden import verify_golden
 from service.inference.runtime import Runtime
 from service.logging_setup import configure_logging
+from service.metrics import BatchMetrics
 from service.settings import Settings
 
 log = logging.getLogger("mmserve.app")
@@ -53,16 +54,14 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         except Exception as exc:
             log.error("start-up failed: %s: %s", type(exc).__name__, exc)
             raise
-        runtime = Runtime.start(
-            model, decode_threads=active.decode_threads, max_pixels=active.max_image_pixels
-        )
+        runtime = Runtime.start(model, active, BatchMetrics())
         app.state.runtime = runtime
         log.info("ready: %s version %d on %s", model.name, model.version, model.device)
         try:
             yield
         finally:
             app.state.runtime = None
-            runtime.close()
+            await runtime.close()
 
     app = FastAPI(
         title="mmserve",

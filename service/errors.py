@@ -13,6 +13,8 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     ├── UnprocessableInput (422)
     │   └── TextTooLong (422)
     ├── ServiceUnavailable (503)
+    │   └── QueueFull (503) -- the batcher's queue is full: retry after a moment
+    ├── DeadlineExceeded (504) -- the request waited longer than its deadline
     ├── ArtifactError (500) -- a model version that cannot be loaded or verified
     └── ConfigurationError (500) -- settings that cannot work on this machine
 """
@@ -81,6 +83,19 @@ class ServiceUnavailable(ServiceError):
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QueueFull(ServiceUnavailable):
+    """The batcher's queue holds as many items as it may: the client should retry later."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request was not answered within its deadline."""
+
+    status_code = 504
+    code = "deadline_exceeded"
 
 
 class ArtifactError(ServiceError):

@@ -34,6 +34,30 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address `mmserve serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `mmserve serve` listens on.")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most items the batcher puts into one model call. Requests that arrive "
+        "while the model is busy are batched together up to this size.",
+    )
+    max_batch_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a partial batch may wait for more requests before it runs. 0: "
+        "never wait (a lone request runs at once; batches still form under load).",
+    )
+    max_queue_items: int = Field(
+        256,
+        ge=1,
+        description="Most items waiting for the model; more get 503 with Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline for a request's model answer, queueing included; past it: 504.",
+    )
     max_batch_items: int = Field(
         64, ge=1, le=4096, description="Most image+text pairs accepted in one batch request."
     )

@@ -30,7 +30,8 @@ _DESCRIPTIONS = {
     413: "An image declares too many pixels, or a batch holds too many items.",
     415: "The body has a content type this endpoint does not accept.",
     422: "A field is missing or invalid, or the text is too long.",
-    503: "The model is not loaded yet (see Retry-After).",
+    503: "The model is not loaded yet, or the queue is full (see Retry-After).",
+    504: "The model did not answer within the request deadline.",
 }
 
 

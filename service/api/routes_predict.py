@@ -37,7 +37,7 @@ _SINGLE_MAX_PARTS = 16
 async def _run(runtime: Runtime, items: list[Item], top_k: int | None) -> BatchPredictResponse:
     classifier = runtime.classifier
     images = await runtime.decoder.decode([item.image for item in items])
-    probabilities = await runtime.runner.predict(images, [item.text for item in items])
+    probabilities = await runtime.batcher.predict(images, [item.text for item in items])
     rows: list[list[float]] = probabilities.tolist()
     return BatchPredictResponse(
         model=classifier.name,
@@ -50,7 +50,7 @@ async def _run(runtime: Runtime, items: list[Item], top_k: int | None) -> BatchP
     "/predict",
     summary="Classify one image with its text",
     response_model=PredictResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 503, 504),
     openapi_extra=request_body({MULTIPART: PredictForm}),
 )
 async def predict(
@@ -83,7 +83,7 @@ async def predict(
     "/predict/batch",
     summary="Classify several image+text pairs in one model call",
     response_model=BatchPredictResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 503, 504),
     openapi_extra=request_body({MULTIPART: BatchForm, JSON: BatchRequest}),
 )
 async def predict_batch(

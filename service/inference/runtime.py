@@ -4,29 +4,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.inference.batching import AdaptiveBatcher, BatchObserver
 from service.inference.classifier import Classifier
 from service.inference.decoder import ImageDecoder
-from service.inference.runner import InferenceRunner
+from service.settings import Settings
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """What a ready service holds: the classifier, the image decoder and the model runner."""
+    """What a ready service holds: the classifier, the image decoder and the batcher."""
 
     classifier: Classifier
     decoder: ImageDecoder
-    runner: InferenceRunner
+    batcher: AdaptiveBatcher
 
     @classmethod
-    def start(cls, classifier: Classifier, *, decode_threads: int, max_pixels: int) -> Runtime:
-        """Create the worker pools for ``classifier``."""
-        return cls(
-            classifier=classifier,
-            decoder=ImageDecoder(classifier.image_size, max_pixels, decode_threads),
-            runner=InferenceRunner(classifier),
-        )
+    def start(
+        cls, classifier: Classifier, settings: Settings, observer: BatchObserver | None = None
+    ) -> Runtime:
+        """Create the worker pools and the batching loop for ``classifier``.
 
-    def close(self) -> None:
-        """Stop the worker pools, letting calls in progress finish."""
-        self.runner.close()
+        Must be called on the running event loop.
+        """
+        batcher = AdaptiveBatcher(
+            classifier.predict,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay=settings.max_batch_delay_ms / 1000,
+            max_queue_items=settings.max_queue_items,
+            timeout=settings.request_timeout_s,
+            observer=observer,
+        )
+        batcher.start()
+        decoder = ImageDecoder(
+            classifier.image_size, settings.max_image_pixels, settings.decode_threads
+        )
+        return cls(classifier=classifier, decoder=decoder, batcher=batcher)
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop the batcher and the decoding threads."""
+        await self.batcher.close()
         self.decoder.close()

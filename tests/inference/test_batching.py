@@ -1,0 +1,236 @@
+"""The adaptive batcher, driven deterministically: a gated fake model decides when each
+model call may finish, so no test depends on how fast anything runs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
+from service.inference.batching import AdaptiveBatcher
+
+
+class GatedModel:
+    """Records each call's texts; each call blocks until the test opens the gate."""
+
+    def __init__(self, gated: bool = True) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.entered.release()
+        assert self.gate.wait(10), "the test never opened the gate"
+        if "boom" in texts:
+            raise RuntimeError("this batch holds a poisoned item")
+        # Each row depends only on its own input, so a mis-split result would show.
+        return np.stack([[len(t), float(img.mean())] for t, img in zip(texts, images, strict=True)])
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.acquire, True, 10), "model never called"
+
+
+def item(text: str, value: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    return np.full((1, 2, 2, 3), value, np.float32), [text]
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())  # type: ignore[arg-type]
+
+
+async def queued(batcher: AdaptiveBatcher, n: int) -> None:
+    """Yield to the loop until ``n`` items are waiting (no wall-clock assumptions)."""
+    for _ in range(10_000):
+        if batcher.queued_items >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {batcher.queued_items} items queued, expected {n}")
+
+
+def test_lone_request_runs_at_once_with_its_own_result() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=0)
+        out = await batcher.predict(*item("abc", 2.0))
+        assert out.tolist() == [[3.0, 2.0]]
+        assert model.calls == [["abc"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_requests_arriving_while_busy_form_one_batch() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_batch_size=8)
+        first = asyncio.create_task(batcher.predict(*item("a", 1)))
+        await model.wait_entered()
+        rest = [asyncio.create_task(batcher.predict(*item("b" * k, k))) for k in (2, 3, 4)]
+        await queued(batcher, 3)
+        model.gate.set()
+        assert (await first).tolist() == [[1, 1]]
+        results = [(await t).tolist() for t in rest]
+        assert results == [[[2, 2]], [[3, 3]], [[4, 4]]]
+        assert model.calls == [["a"], ["bb", "bbb", "bbbb"]]
+        assert batcher.stats.sizes == [1, 3]
+        await batcher.close()
+
+    run(body)
+
+
+def test_batches_never_exceed_max_batch_size() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_batch_size=4)
+        first = asyncio.create_task(batcher.predict(*item("x")))
+        await model.wait_entered()
+        rest = [asyncio.create_task(batcher.predict(*item(str(k)))) for k in range(6)]
+        await queued(batcher, 6)
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+        assert [len(c) for c in model.calls] == [1, 4, 2]
+        await batcher.close()
+
+    run(body)
+
+
+def test_full_queue_answers_503_with_retry_after_and_recovers() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_queue_items=2, retry_after=3)
+        running = asyncio.create_task(batcher.predict(*item("r")))
+        await model.wait_entered()
+        waiting = [asyncio.create_task(batcher.predict(*item(t))) for t in ("q1", "q2")]
+        await queued(batcher, 2)
+        with pytest.raises(QueueFull) as err:
+            await batcher.predict(*item("one too many"))
+        assert err.value.status_code == 503 and err.value.retry_after == 3
+        model.gate.set()
+        await asyncio.gather(running, *waiting)
+        assert (await batcher.predict(*item("later"))).shape == (1, 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_deadline_gives_504_and_the_expired_item_never_runs() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, timeout=0.05)
+        running = asyncio.create_task(batcher.predict(*item("slow")))
+        await model.wait_entered()
+        # The model is held, so this request cannot be answered before its deadline.
+        with pytest.raises(DeadlineExceeded) as err:
+            await batcher.predict(*item("late"))
+        assert err.value.status_code == 504
+        model.gate.set()
+        with pytest.raises(DeadlineExceeded):
+            await running  # it, too, outlived its deadline while the gate was shut
+        assert model.calls == [["slow"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_one_failing_item_does_not_fail_the_others() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_batch_size=8)
+        first = asyncio.create_task(batcher.predict(*item("first")))
+        await model.wait_entered()
+        tasks = [asyncio.create_task(batcher.predict(*item(t))) for t in ("ok1", "boom", "ok2")]
+        await queued(batcher, 3)
+        model.gate.set()
+        await first
+        results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[0].tolist() == [[3, 0]] and results[2].tolist() == [[3, 0]]
+        assert isinstance(results[1], RuntimeError)
+        assert model.calls[1] == ["ok1", "boom", "ok2"]  # tried together, then one by one
+        assert model.calls[2:] == [["ok1"], ["boom"], ["ok2"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_cancelled_request_is_dropped_before_the_model() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model)
+        first = asyncio.create_task(batcher.predict(*item("first")))
+        await model.wait_entered()
+        gone = asyncio.create_task(batcher.predict(*item("client went away")))
+        kept = asyncio.create_task(batcher.predict(*item("kept")))
+        await queued(batcher, 2)
+        gone.cancel()
+        model.gate.set()
+        await first
+        assert (await kept).tolist() == [[4, 0]]
+        assert gone.cancelled()
+        assert model.calls == [["first"], ["kept"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_multi_item_requests_are_split_back_in_order() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_batch_size=16)
+        first = asyncio.create_task(batcher.predict(*item("0")))
+        await model.wait_entered()
+        a = asyncio.create_task(
+            batcher.predict(
+                np.stack([np.full((2, 2, 3), v, np.float32) for v in (1, 2, 3)]), ["a", "aa", "aaa"]
+            )
+        )
+        b = asyncio.create_task(batcher.predict(*item("bbbbb", 9)))
+        await queued(batcher, 4)
+        model.gate.set()
+        await first
+        assert (await a).tolist() == [[1, 1], [2, 2], [3, 3]]
+        assert (await b).tolist() == [[5, 9]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_close_answers_queued_requests_then_refuses_new_ones() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model)
+        running = asyncio.create_task(batcher.predict(*item("r")))
+        await model.wait_entered()
+        waiting = asyncio.create_task(batcher.predict(*item("w")))
+        await queued(batcher, 1)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceUnavailable):
+            await batcher.predict(*item("after close"))
+        model.gate.set()
+        await closing
+        assert (await running).tolist() == [[1, 0]]
+        assert (await waiting).tolist() == [[1, 0]]
+        assert model.calls == [["r"], ["w"]]
+
+    run(body)
+
+
+def test_max_batch_delay_gathers_a_partial_batch() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        # A long delay that a full batch cuts short: the test never waits for it to pass.
+        batcher = AdaptiveBatcher(model, max_batch_size=3, max_batch_delay=30)
+        tasks = [asyncio.create_task(batcher.predict(*item(str(k)))) for k in range(3)]
+        await asyncio.gather(*tasks)
+        assert [len(c) for c in model.calls] == [3]
+        await batcher.close()
+
+    run(body)
