@@ -7,7 +7,7 @@ MODEL_STORE ?= model_store
 MODEL_NAME ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve train-demo test lint clean
+.PHONY: setup serve train-demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ train-demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# This service vs a naive endpoint vs the in-process limit, one after the other (about 3
+# minutes); prints the table, writes bench/results/<UTC time>.json and rewrites
+# BENCHMARKS.md. Trains the demo model first when the store lacks it. Extra options:
+# make bench BENCH_ARGS="--concurrency 1,16 --duration 5".
+bench: setup
+	@if [ -z "$$(ls -d $(MODEL_STORE)/$(MODEL_NAME)/[0-9]* 2>/dev/null)" ]; then \
+		if [ "$(MODEL_NAME)" != demo ]; then \
+			echo "no model $(MODEL_NAME) in $(MODEL_STORE)"; exit 1; fi; \
+		echo "no demo model in $(MODEL_STORE): training it first (about 3 minutes)"; \
+		$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE); \
+	fi
+	$(VENV)/bin/python -m bench.run --model-store $(MODEL_STORE) --model-name $(MODEL_NAME) \
+		$(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check service tests

@@ -14,7 +14,7 @@ RETRY_AFTER_S = 5
 """What a client is told to wait before retrying a service that is not ready."""
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The loaded model and its workers; 503 until the service is ready."""
     runtime = getattr(request.app.state, "runtime", None)
     if not isinstance(runtime, Runtime):
@@ -22,7 +22,7 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the service started with; 503 before start-up has read them."""
     settings = getattr(request.app.state, "settings", None)
     if not isinstance(settings, Settings):

@@ -36,8 +36,10 @@ _SINGLE_MAX_PARTS = 16
 
 async def _run(runtime: Runtime, items: list[Item], top_k: int | None) -> BatchPredictResponse:
     classifier = runtime.classifier
-    images = await runtime.decoder.decode([item.image for item in items])
-    probabilities = await runtime.batcher.predict(images, [item.text for item in items])
+    with runtime.batcher.arriving(len(items)) as arrival:
+        images = await runtime.decoder.decode([item.image for item in items])
+        texts = [item.text for item in items]
+        probabilities = await runtime.batcher.predict(images, texts, arrival)
     rows: list[list[float]] = probabilities.tolist()
     return BatchPredictResponse(
         model=classifier.name,

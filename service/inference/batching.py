@@ -2,8 +2,12 @@
 
 A lone request runs at once (no added delay while the model is idle). While the model is
 busy, new requests queue; when it finishes, everything queued (up to ``max_batch_size``
-items) runs as the next batch, so the batch size adapts to the load. An optional
-``max_batch_delay`` holds a not-yet-full batch open a little longer to gather more.
+items) runs as the next batch, so the batch size adapts to the load.
+
+Callers announce requests before their images are decoded (:meth:`arriving`). When a batch
+is ready while announced requests are still decoding, it waits for them, up to
+``max_batch_delay``, so that bursts share one model call instead of trickling in one by
+one. Nothing waits on requests that are not on their way: an idle service adds no delay.
 
 The queue is bounded (``QueueFull`` -> 503 with Retry-After), every request has a deadline
 (``DeadlineExceeded`` -> 504), results are split back to each caller, a request whose
@@ -18,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,6 +55,14 @@ class _Job:
     @property
     def size(self) -> int:
         return len(self.texts)
+
+
+@dataclass
+class Arrival:
+    """A request announced to the batcher before its images are ready."""
+
+    items: int
+    arrived: bool = False
 
 
 @dataclass
@@ -87,6 +99,7 @@ class AdaptiveBatcher:
         self._keep_sizes = keep_sizes
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
+        self._incoming = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmserve-model")
         self._task: asyncio.Task[None] | None = None
@@ -98,13 +111,30 @@ class AdaptiveBatcher:
         """Items waiting for the model (not counting the batch it is running)."""
         return self._queued_items
 
+    @contextlib.contextmanager
+    def arriving(self, items: int) -> Iterator[Arrival]:
+        """Announce a request of ``items`` items that will call :meth:`predict` soon."""
+        arrival = Arrival(items)
+        self._incoming += items
+        try:
+            yield arrival
+        finally:
+            if not arrival.arrived:  # it failed before reaching the queue
+                self._incoming -= items
+                self._wakeup.set()
+
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
-    async def predict(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities [N, C] for N images and texts, computed in some batch."""
+    async def predict(
+        self, images: np.ndarray, texts: Sequence[str], arrival: Arrival | None = None
+    ) -> np.ndarray:
+        """Probabilities [N, C] for N images and texts, computed in some batch.
+
+        ``arrival`` is the announcement made by :meth:`arriving`, if any.
+        """
         if self._closed:
             raise ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
         n = len(texts)
@@ -119,6 +149,9 @@ class AdaptiveBatcher:
         job = _Job(images, list(texts), future, now, now + self.timeout)
         self._pending.append(job)
         self._queued_items += n
+        if arrival is not None and not arrival.arrived:
+            arrival.arrived = True
+            self._incoming -= arrival.items
         self._wakeup.set()
         try:
             done, _ = await asyncio.wait({future}, timeout=self.timeout)
@@ -145,15 +178,16 @@ class AdaptiveBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.max_batch_delay > 0 and not self._closed:
-                await self._gather(self._pending[0].enqueued + self.max_batch_delay)
+            if self.max_batch_delay > 0 and self._incoming > 0 and not self._closed:
+                await self._gather(time.monotonic() + self.max_batch_delay)
             batch = self._take()
             if batch:
                 await self._run(batch)
 
     async def _gather(self, until: float) -> None:
-        """Hold a partial batch open until it is full or ``until`` (monotonic) passes."""
-        while self._queued_items < self.max_batch_size and not self._closed:
+        """Hold a partial batch open while announced requests are on their way, until it is
+        full or ``until`` (monotonic) passes."""
+        while self._incoming > 0 and self._queued_items < self.max_batch_size and not self._closed:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return

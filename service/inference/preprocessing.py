@@ -23,6 +23,7 @@ Image.MAX_IMAGE_PIXELS = None
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
 
 _WHITE = (255, 255, 255, 255)
+_ORIENTATION = 0x0112  # EXIF tag; exif_transpose copies the image even when it is upright
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
@@ -62,7 +63,8 @@ def decode_image(
                 side = 2 * max(height, width)
                 img.draft("RGB", (side, side))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            if img.getexif().get(_ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img) or img
             rgb = _to_rgb(img)
             rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     except (InvalidImage, PayloadTooLarge):

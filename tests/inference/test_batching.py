@@ -4,6 +4,7 @@ model call may finish, so no test depends on how fast anything runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -223,14 +224,52 @@ def test_close_answers_queued_requests_then_refuses_new_ones() -> None:
     run(body)
 
 
-def test_max_batch_delay_gathers_a_partial_batch() -> None:
+def test_ready_batch_waits_for_announced_requests() -> None:
     async def body() -> None:
         model = GatedModel(gated=False)
-        # A long delay that a full batch cuts short: the test never waits for it to pass.
-        batcher = AdaptiveBatcher(model, max_batch_size=3, max_batch_delay=30)
-        tasks = [asyncio.create_task(batcher.predict(*item(str(k)))) for k in range(3)]
-        await asyncio.gather(*tasks)
-        assert [len(c) for c in model.calls] == [3]
+        # A delay far longer than the test: only the arrivals can end the wait.
+        batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=60)
+        with contextlib.ExitStack() as stack:
+            arrivals = [stack.enter_context(batcher.arriving(1)) for _ in range(3)]
+            first = asyncio.create_task(batcher.predict(*item("a"), arrivals[0]))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            # The others are still "decoding" when the first is queued.
+            later = [
+                asyncio.create_task(batcher.predict(*item(t), a))
+                for t, a in zip(("b", "c"), arrivals[1:], strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(first, *later), 10)
+        assert model.calls == [["a", "b", "c"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_announced_request_that_fails_early_ends_the_wait() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        batcher = AdaptiveBatcher(model, max_batch_delay=60)
+        with batcher.arriving(1) as mine:
+            with pytest.raises(ValueError), batcher.arriving(1):
+                task = asyncio.create_task(batcher.predict(*item("ok"), mine))
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                assert batcher.queued_items == 1  # queued, held for the other one
+                raise ValueError("its image could not be decoded")
+            assert (await asyncio.wait_for(task, 10)).tolist() == [[2, 0]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_nothing_waits_when_no_request_is_on_its_way() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        batcher = AdaptiveBatcher(model, max_batch_delay=60)
+        with batcher.arriving(1) as arrival:
+            out = await asyncio.wait_for(batcher.predict(*item("solo"), arrival), 10)
+        assert out.tolist() == [[4, 0]]
         await batcher.close()
 
     run(body)

@@ -1,0 +1,51 @@
+"""The service's own count of batch sizes, read from its Prometheus ``/metrics`` endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+BATCH_SIZE_METRIC = "mmserve_batch_size"
+
+
+@dataclass(frozen=True)
+class HistogramTotals:
+    """A histogram's running ``_sum`` and ``_count`` (summed over label sets)."""
+
+    total: float
+    count: float
+
+
+async def read_batch_sizes(client: httpx.AsyncClient, url: str) -> HistogramTotals | None:
+    """The ``mmserve_batch_size`` totals, or None when the service has no ``/metrics``
+    endpoint, or it does not export the histogram in Prometheus text format."""
+    response = await client.get(url)
+    if response.status_code != 200:
+        return None
+    try:
+        return parse_histogram(response.text, BATCH_SIZE_METRIC)
+    except ValueError:
+        # Something answers at /metrics, but not in Prometheus text format.
+        return None
+
+
+def parse_histogram(text: str, name: str) -> HistogramTotals | None:
+    """Sum and count of histogram (or summary) ``name`` in Prometheus text ``text``."""
+    for family in text_string_to_metric_families(text):
+        if family.name != name or family.type not in ("histogram", "summary"):
+            continue
+        total = sum(s.value for s in family.samples if s.name == f"{name}_sum")
+        count = sum(s.value for s in family.samples if s.name == f"{name}_count")
+        return HistogramTotals(total, count)
+    return None
+
+
+def mean_between(before: HistogramTotals | None, after: HistogramTotals | None) -> float | None:
+    """Mean observation between two readings; None when either is missing or nothing was
+    observed in between."""
+    if before is None or after is None:
+        return None
+    count = after.count - before.count
+    return (after.total - before.total) / count if count > 0 else None

@@ -1,0 +1,161 @@
+"""Server subprocesses: start on a free port, wait (bounded) for readiness, always stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_TIMEOUT_S = 30.0
+
+
+class ServerFailed(RuntimeError):
+    """A server exited or never became ready; the message ends with its log."""
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A started server and where to reach it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_file: Path
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and any processes it started."""
+        try:
+            proc = psutil.Process(self.process.pid)
+            procs = [proc, *proc.children(recursive=True)]
+            return sum(p.memory_info().rss for p in procs)
+        except psutil.NoSuchProcess as exc:
+            raise ServerFailed(f"{self.name} is gone:\n{log_tail(self.log_file)}") from exc
+
+    def check_alive(self) -> None:
+        """Raise :class:`ServerFailed` when the process has exited."""
+        if self.process.poll() is not None:
+            raise ServerFailed(
+                f"{self.name} exited with {self.process.returncode}:\n{log_tail(self.log_file)}"
+            )
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the server binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def service_command(port: int, model_store: Path, model_name: str) -> list[str]:
+    """``mmserve serve`` from the running interpreter's environment."""
+    mmserve = Path(sys.executable).parent / "mmserve"
+    launcher = [str(mmserve)] if mmserve.exists() else [sys.executable, "-m", "service.main"]
+    return [
+        *launcher,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model-store",
+        str(model_store),
+        "--model-name",
+        model_name,
+    ]
+
+
+def naive_command(port: int) -> list[str]:
+    """uvicorn serving :mod:`bench.naive_server`."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.naive_server:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment (MMSERVE_* settings pass through) plus ``extra``."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def running(
+    name: str,
+    command: list[str],
+    port: int,
+    ready_path: str,
+    log_file: Path,
+    *,
+    env: Mapping[str, str],
+    timeout_s: float,
+) -> Iterator[ServerProcess]:
+    """Start ``command``, wait until ``ready_path`` answers 200, and stop it on exit."""
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+        )
+        server = ServerProcess(name, process, f"http://127.0.0.1:{port}", log_file)
+        try:
+            wait_ready(server, ready_path, timeout_s)
+            yield server
+        finally:
+            stop(process)
+
+
+def wait_ready(server: ServerProcess, path: str, timeout_s: float) -> None:
+    """Poll ``path`` until it answers 200; raise :class:`ServerFailed` on exit or timeout."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            server.check_alive()
+            try:
+                if client.get(server.base_url + path).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    raise ServerFailed(
+        f"{server.name} not ready within {timeout_s:.0f} s:\n{log_tail(server.log_file)}"
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (uvicorn shuts down gracefully), then SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def log_tail(log_file: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a server log."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
