@@ -87,7 +87,7 @@ def load_classifier(settings: Settings) -> TFClassifier:
         "loading %s version %d from %s on %s", version.name, version.version, version.path, device
     )
     classifier = TFClassifier(version, device)
-    classifier.warm_up()
+    classifier.warm_up((1, settings.max_batch_size))
     report = verify_golden(classifier, version, settings.golden_tolerance)
     log.info(
         "golden check passed: %d examples reproduce training within %.1e (tolerance %.0e)",

@@ -24,7 +24,7 @@ def _image_size(value: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.training.modeling import BACKBONES, FUSIONS, TEXT_ENCODERS
+    from service.training.options import BACKBONES, FUSIONS, TEXT_ENCODERS
 
     p = argparse.ArgumentParser(
         prog="mmserve-train",
@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="none | imagenet (downloads; keras.applications backbones) | PATH",
     )
     p.add_argument("--text-encoder", choices=TEXT_ENCODERS, default="lstm")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=20000,
+        help="most distinct tokens the text vocabulary keeps (default 20000)",
+    )
+    p.add_argument(
+        "--sequence-length",
+        type=int,
+        default=32,
+        help="tokens per text; longer texts are truncated (default 32)",
+    )
     p.add_argument(
         "--fusion",
         choices=FUSIONS,
@@ -99,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             "error: --image-weights applies to keras.applications backbones only", file=sys.stderr
         )
         return 2
+    if args.vocab_size < 2 or args.sequence_length < 1:
+        print("error: --vocab-size must be >= 2 and --sequence-length >= 1", file=sys.stderr)
+        return 2
     if not 0 <= args.modality_dropout < 0.5:
         print("error: --modality-dropout must be in [0, 0.5)", file=sys.stderr)
         return 2
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             image_weights=args.image_weights,
             text_encoder=args.text_encoder,
             fusion=fusion,
+            vocab_size=args.vocab_size,
+            sequence_length=args.sequence_length,
         ),
         epochs=args.epochs,
         batch_size=args.batch_size,

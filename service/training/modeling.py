@@ -10,18 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
-Backbone = Literal["small_cnn", "mobilenet_v3_small", "efficientnet_b0", "vgg16"]
-TextEncoder = Literal["lstm", "bilstm", "gru"]
-Fusion = Literal["concat", "multiply", "bilinear"]
-BACKBONES: tuple[str, ...] = ("small_cnn", "mobilenet_v3_small", "efficientnet_b0", "vgg16")
-TEXT_ENCODERS: tuple[str, ...] = ("lstm", "bilstm", "gru")
-FUSIONS: tuple[str, ...] = ("concat", "multiply", "bilinear")
+from service.training.options import BACKBONES, FUSIONS, TEXT_ENCODERS
 
 # ImageNet channel means for VGG16's "caffe" preprocessing (BGR order).
 _VGG_MEAN_BGR = (103.939, 116.779, 123.68)

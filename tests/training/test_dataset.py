@@ -149,3 +149,18 @@ def test_load_dataset_decodes_through_preprocessing(tmp_path: Path, images: Path
     assert ds.images[3, 0, 0].tolist() == [60, 0, 0]
     assert ds.labels == ["a", "b"]
     assert len(ds.fingerprint) == 64
+
+
+def test_trainer_help_does_not_import_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from service.training.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
