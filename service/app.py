@@ -17,24 +17,35 @@ from pydantic import ValidationError
 
 from service import model_store
 from service.api import api_router
+from service.api.draining import start_draining
 from service.api.errors import install_error_handlers
+from service.api.limits import install_request_limits
 from service.errors import ServiceError
 from service.inference.classifier import Classifier, TFClassifier, configure_tensorflow
-from service.inference.golden import verify_golden
+from service.inference.loading import load_verified
+from service.inference.reloader import LoadFn, ModelReloader
 from service.inference.runtime import Runtime
 from service.logging_setup import configure_logging
 from service.metrics import BatchMetrics
+from service.model_store import ModelVersion
 from service.settings import Settings
 
 log = logging.getLogger("mmserve.app")
 
 
-def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    classifier: Classifier | None = None,
+    *,
+    loader: LoadFn | None = None,
+) -> FastAPI:
     """Build the application.
 
     ``settings`` default to the environment (read at start-up, not here). Without a
     ``classifier`` start-up loads the configured model from the store and verifies it;
-    with one (tests, custom runtimes) it is served as is.
+    with one (tests, custom runtimes) it is served as is. Newer versions in the store are
+    loaded by ``loader`` (default: from the store, as at start-up); a given classifier is
+    never replaced unless a ``loader`` is given too.
     """
 
     @asynccontextmanager
@@ -54,14 +65,25 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         except Exception as exc:
             log.error("start-up failed: %s: %s", type(exc).__name__, exc)
             raise
-        runtime = Runtime.start(model, active, BatchMetrics())
-        app.state.runtime = runtime
+        observer = BatchMetrics()
+        app.state.runtime = Runtime.start(model, active, observer)
+        load = loader if classifier is not None else _store_loader(active, model.device)
+        reloader = app.state.reloader = _reloader(app, active, observer, load)
+        reloader.watch(active.reload_poll_s)
         log.info("ready: %s version %d on %s", model.name, model.version, model.device)
         try:
             yield
         finally:
+            start_draining(app)
+            app.state.reloader = None
+            await reloader.close()
+            # The runtime served now, which a hot reload may have swapped in.
+            runtime = app.state.runtime
             app.state.runtime = None
             await runtime.close()
+            # Not at start-up: a SIGTERM during loading must not be forgotten. Now nothing
+            # is served, and a later start of the same app begins undrained.
+            app.state.draining = False
 
     app = FastAPI(
         title="mmserve",
@@ -72,6 +94,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.settings = settings
     app.state.runtime = None
     install_error_handlers(app)
+    install_request_limits(app)
     app.include_router(api_router())
     return app
 
@@ -83,19 +106,47 @@ def load_classifier(settings: Settings) -> TFClassifier:
     device = configure_tensorflow(
         settings.device, settings.intra_op_threads, settings.inter_op_threads
     )
-    log.info(
-        "loading %s version %d from %s on %s", version.name, version.version, version.path, device
+    return load_verified(
+        version,
+        device,
+        warm_up_batch=settings.max_batch_size,
+        golden_tolerance=settings.golden_tolerance,
     )
-    classifier = TFClassifier(version, device)
-    classifier.warm_up((1, settings.max_batch_size))
-    report = verify_golden(classifier, version, settings.golden_tolerance)
-    log.info(
-        "golden check passed: %d examples reproduce training within %.1e (tolerance %.0e)",
-        report.examples,
-        report.max_abs_diff,
-        report.tolerance,
+
+
+def _store_loader(settings: Settings, device: str) -> LoadFn:
+    """How a hot reload loads a newer version: exactly as start-up did, on the same device
+    (TensorFlow's devices and threads are configured once per process)."""
+
+    def load(version: ModelVersion) -> Classifier:
+        return load_verified(
+            version,
+            device,
+            warm_up_batch=settings.max_batch_size,
+            golden_tolerance=settings.golden_tolerance,
+        )
+
+    return load
+
+
+def _reloader(
+    app: FastAPI, settings: Settings, observer: BatchMetrics, load: LoadFn | None
+) -> ModelReloader:
+    """The reloader, swapping ``app.state.runtime`` (what requests take) in one assignment."""
+
+    def install(runtime: Runtime) -> None:
+        app.state.runtime = runtime
+
+    return ModelReloader(
+        store=settings.model_store,
+        name=settings.model_name,
+        current=lambda: app.state.runtime,
+        install=install,
+        start=lambda classifier: Runtime.start(classifier, settings, observer),
+        load=load,
+        pinned=settings.model_version is not None,
+        retire_timeout=settings.shutdown_timeout_s,
     )
-    return classifier
 
 
 def _version() -> str:

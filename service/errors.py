@@ -7,13 +7,17 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     ├── BadRequest (400)
     │   ├── InvalidImage (400)
     │   └── InvalidBase64 (400)
+    ├── Unauthorized (401) -- API keys are configured and the request has none that matches
     ├── NotFound (404)
+    ├── ReloadRejected (409) -- no newer model version can be served; the old one stays
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── UnprocessableInput (422)
-    │   └── TextTooLong (422)
+    │   ├── TextTooLong (422)
+    │   └── UnpairedParts (422) -- a multipart batch with unequal numbers of images and texts
     ├── ServiceUnavailable (503)
-    │   └── QueueFull (503) -- the batcher's queue is full: retry after a moment
+    │   ├── QueueFull (503) -- the batcher's queue is full: retry after a moment
+    │   └── ShuttingDown (503) -- the process is draining before it exits
     ├── DeadlineExceeded (504) -- the request waited longer than its deadline
     ├── ArtifactError (500) -- a model version that cannot be loaded or verified
     └── ConfigurationError (500) -- settings that cannot work on this machine
@@ -31,6 +35,11 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error response carries besides the JSON body."""
+        return {}
 
 
 class BadRequest(ServiceError):
@@ -50,9 +59,28 @@ class InvalidBase64(BadRequest):
     code = "invalid_base64"
 
 
+class Unauthorized(ServiceError):
+    """The request carries no valid API key. The message never says what was wrong with it."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 requires a challenge on every 401.
+        return {"WWW-Authenticate": "Bearer"}
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
+
+
+class ReloadRejected(ServiceError):
+    """A reload found newer model versions but none loads and verifies; the served one stays."""
+
+    status_code = 409
+    code = "reload_rejected"
 
 
 class PayloadTooLarge(ServiceError):
@@ -76,6 +104,13 @@ class TextTooLong(UnprocessableInput):
     code = "text_too_long"
 
 
+class UnpairedParts(UnprocessableInput):
+    """A multipart body whose ``image`` and ``text`` parts differ in number (its own code:
+    the OpenAPI schema cannot say that two arrays must be equally long)."""
+
+    code = "unpaired_parts"
+
+
 class ServiceUnavailable(ServiceError):
     status_code = 503
     code = "unavailable"
@@ -84,11 +119,21 @@ class ServiceUnavailable(ServiceError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
 
 class QueueFull(ServiceUnavailable):
     """The batcher's queue holds as many items as it may: the client should retry later."""
 
     code = "overloaded"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """The process received SIGTERM: requests in flight finish, new ones go elsewhere."""
+
+    code = "shutting_down"
 
 
 class DeadlineExceeded(ServiceError):

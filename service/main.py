@@ -76,12 +76,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
+    from service import server
 
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
-    return 0
+    return server.run_server(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -20,6 +20,11 @@ INFERENCE_SECONDS = Histogram(
     "mmserve_inference_seconds", "Time of one batched model call.", buckets=_TIME_BUCKETS
 )
 ITEMS = Counter("mmserve_items_inferred", "Image+text pairs the model has scored.")
+REQUESTS_IN_FLIGHT = Gauge(
+    "mmserve_requests_in_flight",
+    "Requests holding a model runtime (predictions, model info, readiness) not yet answered; "
+    "a shutdown or reload waits for them.",
+)
 
 
 class BatchMetrics:

@@ -5,12 +5,18 @@ Every user-facing knob is one documented field; invalid values fail at start-up.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+"""Image formats the decoder supports (Pillow's names)."""
+
+_FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
 
 
 class Settings(BaseSettings):
@@ -66,6 +72,31 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="Images declaring more pixels are refused before decoding."
     )
     max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted, in characters.")
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1,
+        description="Largest request body accepted, in bytes (413 above). A declared "
+        "Content-Length above it is refused before the body is read; a body without one is "
+        "counted as it arrives and refused as soon as it passes the limit.",
+    )
+    allowed_image_formats: Annotated[frozenset[ImageFormat], NoDecode] = Field(
+        frozenset(get_args(ImageFormat)),
+        min_length=1,
+        description="Image formats accepted, detected from the content (never the file name "
+        "or content type); comma-separated in the environment, e.g. `JPEG,PNG`. A decodable "
+        "image of another format gets 415.",
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys. When any key is configured (here or in "
+        "api_keys_file), every endpoint but the health probes requires one, sent as "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>`; none: no authentication.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys (e.g. a container secret): one key per line, blank "
+        "lines and lines starting with # ignored. Read at start-up; it must hold a key.",
+    )
     decode_threads: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
         ge=1,
@@ -85,6 +116,72 @@ class Settings(BaseSettings):
         description="Largest probability difference allowed between the served model and "
         "the artifact's golden examples before the service refuses to become ready.",
     )
+    reload_poll_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often the model store is checked for a newer version of the served "
+        "model, which is then loaded, verified and swapped in without a restart. 0: never "
+        "(POST /v1/models/{name}/reload still works). Ignored when model_version is pinned.",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM or SIGINT, how long requests in flight may take to finish "
+        "before they are cancelled; also how long an old model version serves its requests "
+        "after a reload before it is closed.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+
+    # Parsed once at start-up from api_keys and api_keys_file; never printed (a private
+    # attribute stays out of repr, and api_keys itself is a SecretStr).
+    _api_key_set: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @field_validator("allowed_image_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        """Accept `JPEG,PNG` (or a JSON list) from the environment, any case, JPG/TIF aliases."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list | tuple | set | frozenset):
+            names = (str(name).strip().upper() for name in value)
+            return frozenset(_FORMAT_ALIASES.get(name, name) for name in names if name)
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_holds_keys(cls, path: Path | None) -> Path | None:
+        """A keys file that is unreadable or holds no key fails start-up rather than
+        silently leaving the service open. (Checked here, not in the model validator: a
+        model-level error would print the raw input, api_keys included.)"""
+        if path is not None and not _read_keys_file(path):
+            raise ValueError(f"api_keys_file {path} holds no key")
+        return path
+
+    @model_validator(mode="after")
+    def _load_api_keys(self) -> Settings:
+        """Collect the keys from api_keys and api_keys_file."""
+        keys = {key.strip() for key in self.api_keys.get_secret_value().split(",")}
+        if self.api_keys_file is not None:
+            keys |= _read_keys_file(self.api_keys_file)
+        keys.discard("")
+        self._api_key_set = frozenset(keys)
+        return self
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """Every configured API key; empty when authentication is off."""
+        return self._api_key_set
+
+
+def _read_keys_file(path: Path) -> set[str]:
+    """The keys in ``path``: one per line, blank lines and ``#`` comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        # The reason only (no content): a decoding error would quote the file's bytes.
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read api_keys_file {path}: {reason}") from None
+    return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}

@@ -5,11 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api import routes_health, routes_metrics, routes_models, routes_predict
+from service.api.auth import RequireApiKey
+from service.api.errors import error_responses
 
 
 def api_router() -> APIRouter:
-    """Every route of the REST API."""
+    """Every route of the REST API. All but the health probes need an API key when keys are
+    configured (probes must answer orchestrators that hold no key)."""
     router = APIRouter()
-    for module in (routes_predict, routes_models, routes_health, routes_metrics):
-        router.include_router(module.router)
+    for module in (routes_predict, routes_models, routes_metrics):
+        router.include_router(
+            module.router, dependencies=[RequireApiKey], responses=error_responses(401)
+        )
+    router.include_router(routes_health.router)
     return router

@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api.schemas import ErrorResponse
-from service.errors import ServiceError, ServiceUnavailable, UnprocessableInput
+from service.errors import ServiceError, UnprocessableInput
 
 log = logging.getLogger("mmserve.api")
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -26,11 +27,17 @@ _HTTP_CODES = {
 
 _DESCRIPTIONS = {
     400: "The image cannot be decoded, or the body is malformed.",
+    401: "API keys are configured and the request carries none that matches "
+    "(send `Authorization: Bearer <key>` or `X-API-Key: <key>`).",
     404: "No such model.",
-    413: "An image declares too many pixels, or a batch holds too many items.",
-    415: "The body has a content type this endpoint does not accept.",
+    409: "Newer model versions exist but none loads and verifies; the served one stays.",
+    413: "The body is larger than max_request_bytes, an image declares too many pixels, "
+    "or a batch holds too many items.",
+    415: "The body has a content type this endpoint does not accept, or an image is in a "
+    "format the service does not allow.",
     422: "A field is missing or invalid, or the text is too long.",
-    503: "The model is not loaded yet, or the queue is full (see Retry-After).",
+    503: "The model is not loaded yet, the queue is full, or the service is shutting down "
+    "(see Retry-After).",
     504: "The model did not answer within the request deadline.",
 }
 
@@ -50,10 +57,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = None
-    if isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
-    return error_json(exc.status_code, exc.code, exc.message, headers)
+    return error_json(exc.status_code, exc.code, exc.message, exc.headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

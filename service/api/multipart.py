@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.parsing import Item, check_text
-from service.errors import BadRequest, PayloadTooLarge, UnprocessableInput
+from service.errors import BadRequest, PayloadTooLarge, UnpairedParts, UnprocessableInput
 
 # Room for `top_k` and stray fields beside the image and text parts.
 _SPARE_FIELDS = 8
+
+
+class _StrictTextParser(MultiPartParser):
+    """Starlette's multipart parser, except that a text part that is not valid in the body's
+    charset (UTF-8 unless the Content-Type says otherwise) is a 400.
+
+    Starlette silently reads such a part as Latin-1, which would hand the model mojibake.
+    This relies on two attributes of Starlette's parser (``_current_part``, ``_charset``);
+    tests/api/test_limits.py fails loudly should they change.
+    """
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset)
+            except UnicodeDecodeError as exc:
+                raise BadRequest(
+                    f"the {part.field_name!r} part is not valid {self._charset}: {exc.reason} "
+                    f"at byte {exc.start}; send text as UTF-8"
+                ) from None
+        super().on_part_end()
 
 
 @asynccontextmanager
 async def read_form(request: Request, max_items: int) -> AsyncIterator[FormData]:
     """Parse a multipart body of at most ``max_items`` files; close its files on exit."""
     try:
-        form = await request.form(max_files=max_items, max_fields=max_items + _SPARE_FIELDS)
-    except HTTPException as exc:
-        # Starlette reports its part limits as a 400 whose detail starts "Too many".
-        if str(exc.detail).startswith("Too many"):
-            raise PayloadTooLarge(f"at most {max_items} items per request: {exc.detail}") from exc
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+        async with aclosing(request.stream()) as stream:
+            parser = _StrictTextParser(
+                request.headers, stream, max_files=max_items, max_fields=max_items + _SPARE_FIELDS
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:
+        # Starlette words its limits (parts per body, bytes per text part) like this.
+        if exc.message.startswith("Too many"):
+            raise PayloadTooLarge(f"at most {max_items} items per request: {exc.message}") from exc
+        if exc.message.startswith("Part exceeded"):
+            raise PayloadTooLarge(f"a text part is too large: {exc.message}") from exc
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
     try:
         yield form
     finally:
@@ -41,7 +69,7 @@ async def form_items(form: FormData, max_text_chars: int) -> list[Item]:
     if not texts:
         raise UnprocessableInput("missing the 'text' part ('' stands for no text)")
     if len(files) != len(texts):
-        raise UnprocessableInput(
+        raise UnpairedParts(
             f"{len(files)} 'image' parts but {len(texts)} 'text' parts: send one text per image"
         )
     items = []

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from service.errors import TextTooLong, UnsupportedMediaType
+from service.errors import TextTooLong, UnprocessableInput, UnsupportedMediaType
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -32,6 +32,14 @@ def unsupported(request: Request, *accepted: str) -> UnsupportedMediaType:
 
 
 def check_text(text: str, max_chars: int, where: str = "") -> None:
-    """Refuse a text longer than ``max_chars`` characters."""
+    """Refuse a text longer than ``max_chars`` characters, or one that is not valid Unicode."""
     if len(text) > max_chars:
         raise TextTooLong(f"{where}the text has {len(text)} characters; the limit is {max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A JSON "\ud800" escape decodes to a lone surrogate, which the model's string
+        # tensor cannot hold: refuse it here rather than fail inside the model call.
+        raise UnprocessableInput(
+            f"{where}the text is not valid Unicode: {exc.reason} at character {exc.start}"
+        ) from None

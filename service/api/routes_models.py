@@ -1,12 +1,13 @@
-"""``GET /v1/models`` and ``GET /v1/models/{name}``: what is served and how to call it."""
+"""``GET /v1/models``, ``GET /v1/models/{name}``: what is served and how to call it;
+``POST /v1/models/{name}/reload``: serve the newest version now."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import RuntimeDep
+from service.api.deps import ReloaderDep, RuntimeDep
 from service.api.errors import error_responses
-from service.api.schemas import ModelInfo, ModelList, TensorSpec
+from service.api.schemas import ModelInfo, ModelList, ReloadResponse, TensorSpec
 from service.errors import NotFound
 from service.inference.classifier import Classifier
 
@@ -70,3 +71,31 @@ async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
     if name != runtime.classifier.name:
         raise NotFound(f"model {name!r} is not served here (serving {runtime.classifier.name!r})")
     return model_info(runtime.classifier)
+
+
+@router.post(
+    "/{name}/reload",
+    summary="Serve the newest version of a model now",
+    response_model=ReloadResponse,
+    responses=error_responses(404, 409, 503),
+)
+async def reload_model(name: str, reloader: ReloaderDep) -> ReloadResponse:
+    """Load the newest version in the model store beside the served one, verify it against
+    its golden examples, and swap it in; requests in flight finish on the old version.
+
+    ``reloaded`` is false when the served version is already the newest (or is pinned).
+    409 when newer versions exist but none loads and verifies: the served one stays, and a
+    rejected version is not tried again. The watcher (``reload_poll_s``) does the same on
+    its own.
+    """
+    served = reloader.served.name
+    if name != served:
+        raise NotFound(f"model {name!r} is not served here (serving {served!r})")
+    outcome = await reloader.reload()
+    return ReloadResponse(
+        model=outcome.model,
+        version=outcome.version,
+        previous_version=outcome.previous_version,
+        reloaded=outcome.reloaded,
+        message=outcome.message,
+    )

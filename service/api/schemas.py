@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class Prediction(BaseModel):
@@ -85,6 +86,15 @@ class BatchInstance(BaseModel):
     text: str
 
 
+# Whole 1x1 PNGs, so the documented example is a request the service answers with 200.
+_RED_PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mN4JiICAALyAQ9Lv94OAAAAAElFTkSuQmCC"
+)
+_BLUE_PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mMQEXkGAAFOAQ9HvvAXAAAAAElFTkSuQmCC"
+)
+
+
 class BatchRequest(BaseModel):
     """A JSON batch: image+text pairs answered in order."""
 
@@ -94,8 +104,8 @@ class BatchRequest(BaseModel):
             "examples": [
                 {
                     "instances": [
-                        {"image": {"b64": "iVBORw0KGgoAAAANSUhEUg..."}, "text": "a small cat"},
-                        {"image": {"b64": "/9j/4AAQSkZJRgABAQ..."}, "text": "a barking dog"},
+                        {"image": {"b64": _RED_PIXEL_PNG}, "text": "a red dot"},
+                        {"image": {"b64": _BLUE_PIXEL_PNG}, "text": "a blue dot"},
                     ],
                     "top_k": 3,
                 }
@@ -107,20 +117,26 @@ class BatchRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
 
 
+# A form field is absent or holds a value: it cannot be null, so the schema must not offer it.
+FormTopK = Annotated[int, Field(ge=1)] | SkipJsonSchema[None]
+
+
 class PredictForm(BaseModel):
     """``multipart/form-data`` body of ``POST /v1/predict``."""
 
     image: bytes = Field(description="An image file: JPEG, PNG, GIF, WebP, BMP or TIFF.")
     text: str = Field(description="The text that goes with the image ('' for none).")
-    top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
+    top_k: FormTopK = Field(None, description="Return only the k most probable classes.")
 
 
 class BatchForm(BaseModel):
     """``multipart/form-data`` body of ``POST /v1/predict/batch``: parts paired by order."""
 
-    image: list[bytes] = Field(description="Repeated image file parts.")
-    text: list[str] = Field(description="Repeated text parts, one per image, in the same order.")
-    top_k: int | None = Field(None, ge=1, description="Return only the k most probable classes.")
+    image: list[bytes] = Field(min_length=1, description="Repeated image file parts.")
+    text: list[str] = Field(
+        min_length=1, description="Repeated text parts, one per image, in the same order."
+    )
+    top_k: FormTopK = Field(None, description="Return only the k most probable classes.")
 
 
 class TensorSpec(BaseModel):
@@ -183,6 +199,30 @@ class ModelList(BaseModel):
     """The models this server holds."""
 
     models: list[ModelInfo]
+
+
+class ReloadResponse(BaseModel):
+    """What ``POST /v1/models/{name}/reload`` did."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "demo",
+                    "version": 2,
+                    "previous_version": 1,
+                    "reloaded": True,
+                    "message": "now serving version 2 (was 1)",
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: int = Field(description="The version served after the reload.")
+    previous_version: int = Field(description="The version served before it.")
+    reloaded: bool = Field(description="Whether a newer version was swapped in.")
+    message: str
 
 
 class LiveResponse(BaseModel):

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidImage, PayloadTooLarge
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 # Pillow's own guard would raise at 2x its limit; we check explicitly against our own.
 Image.MAX_IMAGE_PIXELS = None
@@ -39,9 +39,11 @@ def decode_image(
     ``size`` is ``(height, width)``. EXIF orientation is applied, transparency is
     composited on white, and every other mode (palette, greyscale, CMYK, 16-bit) becomes
     8-bit RGB. The image is stretched to ``size`` with bilinear resampling. Raises
-    :class:`InvalidImage` for bytes that are not a decodable image of an allowed format and
-    :class:`PayloadTooLarge` when the header declares more than ``max_pixels`` pixels
-    (checked before the pixels are decoded).
+    :class:`InvalidImage` for bytes that are not a decodable image (empty, truncated,
+    corrupt), :class:`UnsupportedMediaType` for an image whose format (detected from the
+    content) is not in ``allowed_formats``, and :class:`PayloadTooLarge` when the header
+    declares more than ``max_pixels`` pixels. Both checks read only the header, before any
+    pixel is decoded.
     """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
@@ -52,7 +54,10 @@ def decode_image(
             img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
             if fmt not in allowed_formats:
-                raise InvalidImage(f"image format {fmt} is not supported")
+                allowed = ", ".join(sorted(allowed_formats))
+                raise UnsupportedMediaType(
+                    f"image format {fmt} is not supported (accepted: {allowed})"
+                )
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise PayloadTooLarge(
                     f"image is {img.width}x{img.height} pixels, more than the limit of {max_pixels}"
@@ -67,7 +72,7 @@ def decode_image(
                 img = ImageOps.exif_transpose(img) or img
             rgb = _to_rgb(img)
             rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-    except (InvalidImage, PayloadTooLarge):
+    except (InvalidImage, PayloadTooLarge, UnsupportedMediaType):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from exc

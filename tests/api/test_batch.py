@@ -101,6 +101,7 @@ def test_count_mismatch_is_422(client: TestClient) -> None:
     request["data"] = {"text": ["only", "two"]}
     response = client.post("/v1/predict/batch", **request)
     assert response.status_code == 422
+    assert response.json()["error"]["code"] == "unpaired_parts"
     assert "3 'image' parts but 2 'text' parts" in response.json()["error"]["message"]
     assert_serves(client)
 

@@ -34,13 +34,17 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: calls.append({"config": self.config}))
+    monkeypatch.setenv("MMSERVE_SHUTDOWN_TIMEOUT_S", "12.5")
     argv = ["serve", "--host", "0.0.0.0", "--port", "9001", "--model-store", str(tmp_path)]
     argv += ["--model-name", "tiny", "--model-version", "2", "--device", "cpu"]
-    assert cli([*argv, "--log-level", "warning"]) == 0
+    # Never started (the patched run returns at once): uvicorn's start-up failure status.
+    assert cli([*argv, "--log-level", "warning"]) == 3
     (call,) = calls
-    assert (call["host"], call["port"], call["log_level"]) == ("0.0.0.0", 9001, "warning")
-    settings = call["app"].state.settings
+    config = call["config"]
+    assert (config.host, config.port, config.log_level) == ("0.0.0.0", 9001, "warning")
+    assert config.timeout_graceful_shutdown == 13  # whole seconds, rounded up
+    settings = config.app.state.settings
     assert settings.model_store == tmp_path
     assert (settings.model_name, settings.model_version, settings.device) == ("tiny", 2, "cpu")
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import InvalidImage, PayloadTooLarge
-from service.inference.preprocessing import blank_image, decode_image, preprocess_image
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.inference.preprocessing import (
+    SUPPORTED_FORMATS,
+    blank_image,
+    decode_image,
+    preprocess_image,
+)
+from service.settings import ImageFormat
 
 SIZE = (16, 24)  # (height, width): not square, so a swapped axis would show
 
@@ -136,10 +143,16 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 
 
 def test_disallowed_format_is_refused() -> None:
-    with pytest.raises(InvalidImage, match="BMP"):
+    # A real image of a format the caller does not allow: 415, not "invalid image".
+    with pytest.raises(UnsupportedMediaType, match="BMP"):
         decode_image(
             encode(solid("RGB", (0, 0, 0)), "BMP"), SIZE, allowed_formats=frozenset({"PNG"})
         )
+
+
+def test_settings_offer_exactly_the_supported_formats() -> None:
+    # settings.py cannot import the decoder (numpy, Pillow), so it repeats the list.
+    assert set(get_args(ImageFormat)) == SUPPORTED_FORMATS
 
 
 def test_blank_image_is_zeros_of_model_size() -> None:

@@ -1,0 +1,81 @@
+"""Run the app under uvicorn with a graceful, successful shutdown on SIGTERM and SIGINT.
+
+On the signal the app starts draining at once (readiness and new requests answer 503),
+uvicorn stops accepting connections and waits up to ``shutdown_timeout_s`` for requests in
+flight, the lifespan closes the model, and the process exits with status 0. Imported only
+when ``mmserve serve`` runs, so the CLI's ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.api.draining import start_draining
+from service.settings import Settings
+
+log = logging.getLogger("mmserve.server")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+STARTUP_FAILURE = 3
+"""Exit status when the server never started (uvicorn's own)."""
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_signal`` the moment a stop signal arrives.
+
+    uvicorn re-raises the signal after its graceful shutdown, so the process would end
+    "killed by SIGTERM" (status -15) even after every request was answered; here a drained
+    shutdown is a normal exit.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            # Runs in the main thread between bytecodes, like any Python signal handler.
+            self._on_signal()
+            log.info("%s: draining; new requests get 503", signal.Signals(sig).name)
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals can only be handled in the main thread (not under a test's thread).
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for ``app``: address, log level and the drain bound."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+    )
+
+
+def run_server(app: FastAPI, settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; 0 after a graceful shutdown, 3 if it never started."""
+    server = GracefulServer(server_config(app, settings), on_signal=lambda: start_draining(app))
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
