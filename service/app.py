@@ -20,13 +20,14 @@ from service.api import api_router
 from service.api.draining import start_draining
 from service.api.errors import install_error_handlers
 from service.api.limits import install_request_limits
+from service.api.observability import install_observability
 from service.errors import ServiceError
 from service.inference.classifier import Classifier, TFClassifier, configure_tensorflow
 from service.inference.loading import load_verified
 from service.inference.reloader import LoadFn, ModelReloader
 from service.inference.runtime import Runtime
 from service.logging_setup import configure_logging
-from service.metrics import BatchMetrics
+from service.metrics import BatchMetrics, publish_model, watch_queue
 from service.model_store import ModelVersion
 from service.settings import Settings
 
@@ -52,7 +53,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             active = settings if settings is not None else Settings()
-            configure_logging(active.log_level)
+            configure_logging(active.log_level, active.log_format)
             app.state.settings = active
             if classifier is None:
                 model: Classifier = await asyncio.to_thread(load_classifier, active)
@@ -67,6 +68,8 @@ def create_app(
             raise
         observer = BatchMetrics()
         app.state.runtime = Runtime.start(model, active, observer)
+        publish_model(model.name, model.version, model.device)
+        watch_queue(lambda: _queued_items(app))
         load = loader if classifier is not None else _store_loader(active, model.device)
         reloader = app.state.reloader = _reloader(app, active, observer, load)
         reloader.watch(active.reload_poll_s)
@@ -95,6 +98,7 @@ def create_app(
     app.state.runtime = None
     install_error_handlers(app)
     install_request_limits(app)
+    install_observability(app)  # last: the outermost middleware
     app.include_router(api_router())
     return app
 
@@ -136,6 +140,8 @@ def _reloader(
 
     def install(runtime: Runtime) -> None:
         app.state.runtime = runtime
+        model = runtime.classifier
+        publish_model(model.name, model.version, model.device)
 
     return ModelReloader(
         store=settings.model_store,
@@ -147,6 +153,12 @@ def _reloader(
         pinned=settings.model_version is not None,
         retire_timeout=settings.shutdown_timeout_s,
     )
+
+
+def _queued_items(app: FastAPI) -> int:
+    """Items waiting in the served runtime's batcher (0 when none is served)."""
+    runtime = app.state.runtime
+    return runtime.batcher.queued_items if isinstance(runtime, Runtime) else 0
 
 
 def _version() -> str:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from service.app import create_app
+from service.predict_cli import add_predict_command, run_predict
 from service.settings import Settings
 
 app = create_app()
@@ -34,7 +35,7 @@ _SERVE_OPTIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mmserve`` argument parser (subcommands: ``serve``)."""
+    """The ``mmserve`` argument parser (subcommands: ``serve``, ``predict``)."""
     parser = argparse.ArgumentParser(
         prog="mmserve",
         description="Serve fused image+text classifiers over HTTP. Options override "
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-version", type=int, help="version to serve (default: latest)")
     serve.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where to run the model")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_predict_command(commands)
     return parser
 
 
@@ -72,6 +74,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         except ValidationError as exc:
             parser.error(f"invalid settings: {exc}")
         return _serve(settings)
+    if args.command == "predict":
+        return run_predict(args)
     parser.error(f"unknown command {args.command!r}")
 
 

@@ -5,9 +5,9 @@ Metrics live in the process-wide default registry: one process serves one app.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,3 +38,32 @@ class BatchMetrics:
         INFERENCE_SECONDS.observe(inference_seconds)
         for seconds in queue_seconds:
             QUEUE_SECONDS.observe(seconds)
+
+
+HTTP_REQUESTS = Counter(
+    "mmserve_http_requests",
+    "HTTP requests answered, by method, route template and status code.",
+    ("method", "route", "status"),
+)
+HTTP_SECONDS = Histogram(
+    "mmserve_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its response, by method, route template "
+    "and status code.",
+    ("method", "route", "status"),
+    # Up to the default request deadline (30 s), past which a prediction answers 504.
+    buckets=(*_TIME_BUCKETS, 30.0),
+)
+QUEUE_DEPTH = Gauge(
+    "mmserve_queue_depth", "Items waiting in the batcher for the model (not those it is running)."
+)
+MODEL_INFO = Info("mmserve_model", "The model version served now (1, labelled).")
+
+
+def watch_queue(depth: Callable[[], float]) -> None:
+    """Read ``mmserve_queue_depth`` from ``depth`` at every scrape."""
+    QUEUE_DEPTH.set_function(depth)
+
+
+def publish_model(name: str, version: int, device: str) -> None:
+    """Label ``mmserve_model_info`` with the model served now (at start-up and each reload)."""
+    MODEL_INFO.info({"name": name, "version": str(version), "device": device})

@@ -64,12 +64,15 @@ class GracefulServer(uvicorn.Server):
 
 
 def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
-    """uvicorn's configuration for ``app``: address, log level and the drain bound."""
+    """uvicorn's configuration for ``app``: address, log level, access log and the drain
+    bound."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # One access line per request: ours (mmserve.access) when on, else uvicorn's.
+        access_log=not settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
 

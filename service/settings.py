@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="How the mmserve loggers write: json (one JSON object per line) or text.",
+    )
+    access_log: bool = Field(
+        True,
+        description="One log line per request on the mmserve.access logger (at info level); "
+        "`mmserve serve` then turns uvicorn's own access log off.",
+    )
 
     # Parsed once at start-up from api_keys and api_keys_file; never printed (a private
     # attribute stays out of repr, and api_keys itself is a SecretStr).

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.api.draining import is_draining
+from service.api.observability import note_model
 from service.errors import ServiceUnavailable, ShuttingDown
 from service.inference.reloader import ModelReloader
 from service.inference.runtime import Runtime
@@ -33,6 +34,7 @@ async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
     runtime = getattr(request.app.state, "runtime", None)
     if not isinstance(runtime, Runtime):
         raise ServiceUnavailable("the model is not loaded yet", retry_after=RETRY_AFTER_S)
+    note_model(runtime.classifier.name, runtime.classifier.version)
     with runtime.use(), REQUESTS_IN_FLIGHT.track_inprogress():
         yield runtime
 

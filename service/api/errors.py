@@ -42,11 +42,22 @@ _DESCRIPTIONS = {
 }
 
 
+V2_PREFIX = "/v2"
+"""Paths of the Open Inference Protocol, whose errors are ``{"error": "<message>"}``."""
+
+
 def error_json(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
-    """The error body every failure uses."""
-    body = {"error": {"code": code, "message": message}}
+    """The error body every failure uses (the protocol's own on ``/v2`` paths)."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body = {"error": message}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -57,7 +68,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_json(exc.status_code, exc.code, exc.message, exc.headers or None)
+    return error_json(
+        exc.status_code, exc.code, exc.message, exc.headers or None, path=request.url.path
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -67,13 +80,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         where = ".".join(str(part) for part in err.get("loc", ()))
         problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
     message = "; ".join(problems) or "invalid request"
-    return error_json(422, UnprocessableInput.code, message)
+    return error_json(422, UnprocessableInput.code, message, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_json(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return error_json(
+        exc.status_code, code, str(exc.detail), dict(exc.headers or {}), path=request.url.path
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,7 +100,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         type(exc).__name__,
         exc,
     )
-    return error_json(500, ServiceError.code, "internal server error")
+    return error_json(500, ServiceError.code, "internal server error", path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

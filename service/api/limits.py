@@ -127,4 +127,5 @@ def _too_large(what: str, limit: int) -> RequestTooLarge:
 
 async def _answer(exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
     headers = {"Connection": "close", **exc.headers}
-    await error_json(exc.status_code, exc.code, exc.message, headers)(scope, receive, send)
+    response = error_json(exc.status_code, exc.code, exc.message, headers, path=scope["path"])
+    await response(scope, receive, send)

@@ -10,5 +10,6 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics() -> Response:
-    """Batch sizes, queue and inference times, items inferred, in Prometheus text format."""
+    """Requests by route and status, latencies, batch sizes, queue depth and times, items
+    inferred, requests in flight and the model served, in Prometheus text format."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from service.api.json_batch import read_json_batch
 from service.api.multipart import form_items, form_top_k, read_form
 from service.api.openapi import request_body
 from service.api.parsing import JSON, MULTIPART, Item, media_type, unsupported
+from service.api.predicting import classify
 from service.api.results import rank
 from service.api.schemas import (
     BatchForm,
@@ -36,10 +37,7 @@ _SINGLE_MAX_PARTS = 16
 
 async def _run(runtime: Runtime, items: list[Item], top_k: int | None) -> BatchPredictResponse:
     classifier = runtime.classifier
-    with runtime.batcher.arriving(len(items)) as arrival:
-        images = await runtime.decoder.decode([item.image for item in items])
-        texts = [item.text for item in items]
-        probabilities = await runtime.batcher.predict(images, texts, arrival)
+    probabilities = await classify(runtime, items)
     rows: list[list[float]] = probabilities.tolist()
     return BatchPredictResponse(
         model=classifier.name,

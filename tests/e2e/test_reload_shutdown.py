@@ -260,9 +260,11 @@ def test_hot_reload_under_load_swaps_good_versions_and_rejects_corrupt_ones(
         assert stream.failures == []
         assert stream.versions == sorted(stream.versions)  # never back to an older version
         assert stream.versions[0] == 1 and stream.versions[-1] == 2
-    rejected = [line for line in log.splitlines() if "rejected tiny version 3" in line]
+    # The service logs JSON lines (MMSERVE_LOG_FORMAT defaults to json).
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    rejected = [r for r in records if "rejected tiny version 3" in r["message"]]
     assert len(rejected) == 1, rejected  # rejected once, not retried every poll
-    assert "model.keras" in rejected[0] and "ERROR" in rejected[0]
+    assert "model.keras" in rejected[0]["message"] and rejected[0]["level"] == "error"
     assert "now serving tiny version 2" in log
 
 
