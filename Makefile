@@ -7,7 +7,7 @@ MODEL_STORE ?= model_store
 MODEL_NAME ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve train-demo test bench lint clean
+.PHONY: setup model serve train-demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Serve $(MODEL_NAME) on port $(PORT); trains the demo model first when the store lacks it.
-serve: setup
+# The served model must exist: the demo one is trained when missing, any other is an error.
+model: setup
 	@if [ -z "$$(ls -d $(MODEL_STORE)/$(MODEL_NAME)/[0-9]* 2>/dev/null)" ]; then \
 		if [ "$(MODEL_NAME)" != demo ]; then \
 			echo "no model $(MODEL_NAME) in $(MODEL_STORE)"; exit 1; fi; \
 		echo "no demo model in $(MODEL_STORE): training it first (about 3 minutes)"; \
 		$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE); \
 	fi
+
+# Serve $(MODEL_NAME) on port $(PORT); trains the demo model first when the store lacks it.
+serve: model
 	$(VENV)/bin/mmserve serve --host 0.0.0.0 --port $(PORT) \
 		--model-store $(MODEL_STORE) --model-name $(MODEL_NAME)
 
@@ -38,13 +41,7 @@ test: setup
 # minutes); prints the table, writes bench/results/<UTC time>.json and rewrites
 # BENCHMARKS.md. Trains the demo model first when the store lacks it. Extra options:
 # make bench BENCH_ARGS="--concurrency 1,16 --duration 5".
-bench: setup
-	@if [ -z "$$(ls -d $(MODEL_STORE)/$(MODEL_NAME)/[0-9]* 2>/dev/null)" ]; then \
-		if [ "$(MODEL_NAME)" != demo ]; then \
-			echo "no model $(MODEL_NAME) in $(MODEL_STORE)"; exit 1; fi; \
-		echo "no demo model in $(MODEL_STORE): training it first (about 3 minutes)"; \
-		$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE); \
-	fi
+bench: model
 	$(VENV)/bin/python -m bench.run --model-store $(MODEL_STORE) --model-name $(MODEL_NAME) \
 		$(BENCH_ARGS)
 

@@ -8,13 +8,14 @@ model) must give the same probabilities, or the service refuses to become ready.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from service.errors import ArtifactError
 from service.inference.classifier import Classifier
 from service.inference.preprocessing import blank_image, preprocess_image
-from service.model_store import ModelVersion, load_golden
+from service.model_store import GoldenExample, ModelVersion, load_golden
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,14 @@ class GoldenReport:
     examples: int
     max_abs_diff: float
     tolerance: float
+
+
+def golden_pixels(folder: Path, example: GoldenExample, size: tuple[int, int]) -> np.ndarray:
+    """The model's image input for a golden example: its file (in ``folder``) through the
+    shared preprocessing, or the blank image for an example without one."""
+    if example.image is None:
+        return blank_image(size)
+    return preprocess_image((folder / example.image).read_bytes(), size)
 
 
 def verify_golden(
@@ -33,15 +42,10 @@ def verify_golden(
         raise ArtifactError(f"{version.path}: the golden set is empty")
     worst = 0.0
     for i, ex in enumerate(golden.examples):
-        if ex.image is None:
-            pixels = blank_image(classifier.image_size)
-        else:
-            file = version.golden_dir / ex.image
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                raise ArtifactError(f"golden example {i}: cannot read {file}: {exc}") from exc
-            pixels = preprocess_image(data, classifier.image_size)
+        try:
+            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size)
+        except OSError as exc:
+            raise ArtifactError(f"golden example {i}: cannot read {ex.image}: {exc}") from exc
         probs = classifier.predict(pixels[None], [ex.text])[0]
         expected = np.asarray(ex.probabilities, dtype=np.float32)
         if probs.shape != expected.shape:

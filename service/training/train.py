@@ -16,6 +16,7 @@ import PIL
 import tensorflow as tf
 
 from service import model_store
+from service.inference.golden import golden_pixels
 from service.inference.preprocessing import BLANK_TEXT, blank_image, preprocess_image
 from service.training import evaluate
 from service.training.dataset import Dataset, Progress, load_dataset
@@ -148,14 +149,7 @@ def _check_reload(folder: Path, golden: model_store.GoldenSet, size: tuple[int, 
     """Reload ``model.keras`` from disk and return its worst difference on the golden set."""
     reloaded = keras.saving.load_model(folder / model_store.MODEL_FILE)
     gdir = folder / model_store.GOLDEN_DIR
-    pixels = np.stack(
-        [
-            preprocess_image((gdir / ex.image).read_bytes(), size)
-            if ex.image
-            else blank_image(size)
-            for ex in golden.examples
-        ]
-    )
+    pixels = np.stack([golden_pixels(gdir, ex, size) for ex in golden.examples])
     texts = np.array([ex.text for ex in golden.examples], dtype=object)
     probs = predict(reloaded, pixels, texts, batch=len(texts))
     expected = np.array([ex.probabilities for ex in golden.examples], dtype=np.float32)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -19,6 +18,7 @@ from service.client import AsyncClient, Client, Prediction
 from tests.e2e.test_real_model import (
     cli_server_command,
     golden_examples,
+    post_predict,
     running_server,
     version_dir,
 )
@@ -45,12 +45,7 @@ def pairs(trained_store: Path) -> list[tuple[Path, str]]:
 
 
 def raw_predict(url: str, file: Path, text: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{url}/v1/predict",
-        files={"image": (file.name, file.read_bytes())},
-        data={"text": text},
-        timeout=30,
-    )
+    response = post_predict(url, file, text)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -47,6 +47,16 @@ def golden_with_image_and_text(store: Path) -> tuple[Path, str]:
     return version_dir(store) / "golden" / example["image"], example["text"]
 
 
+def post_predict(url: str, file: Path, text: str) -> httpx.Response:
+    """``POST /v1/predict`` with one image file and its text, as multipart."""
+    return httpx.post(
+        f"{url}/v1/predict",
+        files={"image": (file.name, file.read_bytes())},
+        data={"text": text},
+        timeout=30,
+    )
+
+
 def by_label(body: dict[str, Any]) -> dict[str, float]:
     return {p["label"]: p["probability"] for p in body["predictions"]}
 
@@ -96,12 +106,7 @@ def test_in_process_service_matches_keras(trained_store: Path) -> None:
 def test_server_process_answers_httpx_and_curl(trained_store: Path, tmp_path: Path) -> None:
     file, text = golden_with_image_and_text(trained_store)
     with running_server(trained_store, tmp_path) as (url, process):
-        response = httpx.post(
-            f"{url}/v1/predict",
-            files={"image": (file.name, file.read_bytes())},
-            data={"text": text},
-            timeout=30,
-        )
+        response = post_predict(url, file, text)
         assert response.status_code == 200, response.text
         assert response.json()["model"] == "tiny" and response.json()["version"] == 1
         bad = httpx.post(

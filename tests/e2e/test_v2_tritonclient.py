@@ -12,6 +12,7 @@ import pytest
 from tests.e2e.test_real_model import (
     cli_server_command,
     golden_examples,
+    post_predict,
     running_server,
     version_dir,
 )
@@ -26,12 +27,7 @@ def native_probabilities(url: str, files: list[Path], texts: list[str]) -> np.nd
     labels = httpx.get(f"{url}/v1/models/tiny", timeout=30).json()["labels"]
     rows = []
     for file, text in zip(files, texts, strict=True):
-        response = httpx.post(
-            f"{url}/v1/predict",
-            files={"image": (file.name, file.read_bytes())},
-            data={"text": text},
-            timeout=30,
-        )
+        response = post_predict(url, file, text)
         assert response.status_code == 200, response.text
         got = {p["label"]: p["probability"] for p in response.json()["predictions"]}
         rows.append([got[label] for label in labels])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service import model_store
-from service.inference.preprocessing import blank_image, preprocess_image
+from service.inference.golden import golden_pixels
 from tests.conftest import TINY_IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
@@ -19,14 +19,7 @@ def golden_inputs(
     version: model_store.ModelVersion, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     golden = model_store.load_golden(version.path)
-    pixels = np.stack(
-        [
-            preprocess_image((version.golden_dir / ex.image).read_bytes(), size)
-            if ex.image
-            else blank_image(size)
-            for ex in golden.examples
-        ]
-    )
+    pixels = np.stack([golden_pixels(version.golden_dir, ex, size) for ex in golden.examples])
     texts = np.array([[ex.text] for ex in golden.examples])
     expected = np.array([ex.probabilities for ex in golden.examples], dtype=np.float32)
     return pixels, texts, expected
