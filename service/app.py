@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -17,19 +18,22 @@ from pydantic import ValidationError
 
 from service import model_store
 from service.api import api_router
-from service.api.draining import start_draining
+from service.api.admission import install_admission_control
+from service.api.draining import is_draining, start_draining
 from service.api.errors import install_error_handlers
 from service.api.limits import install_request_limits
 from service.api.observability import install_observability
 from service.errors import ServiceError
+from service.inference import heap
 from service.inference.classifier import Classifier, TFClassifier, configure_tensorflow
 from service.inference.loading import load_verified
 from service.inference.reloader import LoadFn, ModelReloader
 from service.inference.runtime import Runtime
 from service.logging_setup import configure_logging
-from service.metrics import BatchMetrics, publish_model, watch_queue
+from service.metrics import BatchMetrics, publish_model
 from service.model_store import ModelVersion
 from service.settings import Settings
+from service.worker_state import READY, WorkerGroup
 
 log = logging.getLogger("mmserve.app")
 
@@ -39,6 +43,7 @@ def create_app(
     classifier: Classifier | None = None,
     *,
     loader: LoadFn | None = None,
+    workers: WorkerGroup | None = None,
 ) -> FastAPI:
     """Build the application.
 
@@ -46,7 +51,8 @@ def create_app(
     ``classifier`` start-up loads the configured model from the store and verifies it;
     with one (tests, custom runtimes) it is served as is. Newer versions in the store are
     loaded by ``loader`` (default: from the store, as at start-up); a given classifier is
-    never replaced unless a ``loader`` is given too.
+    never replaced unless a ``loader`` is given too. ``workers``: this process is one of a
+    group (:mod:`service.workers`), which readiness then speaks for.
     """
 
     @asynccontextmanager
@@ -69,11 +75,14 @@ def create_app(
         observer = BatchMetrics()
         app.state.runtime = Runtime.start(model, active, observer)
         publish_model(model.name, model.version, model.device)
-        watch_queue(lambda: _queued_items(app))
         load = loader if classifier is not None else _store_loader(active, model.device)
         reloader = app.state.reloader = _reloader(app, active, observer, load)
         reloader.watch(active.reload_poll_s)
+        if active.gc_freeze:
+            heap.freeze()
         log.info("ready: %s version %d on %s", model.name, model.version, model.device)
+        if workers is not None:
+            workers.mark(READY)
         try:
             yield
         finally:
@@ -88,16 +97,21 @@ def create_app(
             # is served, and a later start of the same app begins undrained.
             app.state.draining = False
 
+    otel = settings.opentelemetry if settings is not None else _env_flag("MMSERVE_OPENTELEMETRY")
     app = FastAPI(
         title="mmserve",
         version=_version(),
         summary="Class probabilities for an image and its text.",
         lifespan=lifespan,
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings
     app.state.runtime = None
+    app.state.reloader = None
+    app.state.workers = workers
     install_error_handlers(app)
     install_request_limits(app)
+    install_admission_control(app)  # before the body limit: refusals read no body
     install_observability(app)  # last: the outermost middleware
     app.include_router(api_router())
     return app
@@ -152,13 +166,21 @@ def _reloader(
         load=load,
         pinned=settings.model_version is not None,
         retire_timeout=settings.shutdown_timeout_s,
+        on_retired=heap.refreeze if settings.gc_freeze else None,
     )
 
 
-def _queued_items(app: FastAPI) -> int:
-    """Items waiting in the served runtime's batcher (0 when none is served)."""
-    runtime = app.state.runtime
-    return runtime.batcher.queued_items if isinstance(runtime, Runtime) else 0
+def request_reload(app: FastAPI) -> None:
+    """Check the store for a newer model version now (SIGHUP); nothing before start-up or
+    while draining."""
+    reloader = app.state.reloader
+    if isinstance(reloader, ModelReloader) and not is_draining(app):
+        reloader.reload_soon()
+
+
+def _env_flag(name: str) -> bool:
+    """A boolean setting read before the settings are (``uvicorn service.main:app``)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _version() -> str:

@@ -9,6 +9,7 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     │   └── InvalidBase64 (400)
     ├── Unauthorized (401) -- API keys are configured and the request has none that matches
     ├── NotFound (404)
+    ├── RequestTimeout (408) -- the headers or body did not arrive within their deadline
     ├── ReloadRejected (409) -- no newer model version can be served; the old one stays
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
@@ -16,7 +17,8 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     │   ├── TextTooLong (422)
     │   └── UnpairedParts (422) -- a multipart batch with unequal numbers of images and texts
     ├── ServiceUnavailable (503)
-    │   ├── QueueFull (503) -- the batcher's queue is full: retry after a moment
+    │   ├── Overloaded (503) -- too many requests in flight: retry after a moment
+    │   │   └── QueueFull (503) -- the batcher's queue is full
     │   └── ShuttingDown (503) -- the process is draining before it exits
     ├── DeadlineExceeded (504) -- the request waited longer than its deadline
     ├── ArtifactError (500) -- a model version that cannot be loaded or verified
@@ -76,6 +78,13 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its request's headers or body within the deadline."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class ReloadRejected(ServiceError):
     """A reload found newer model versions but none loads and verifies; the served one stays."""
 
@@ -124,10 +133,14 @@ class ServiceUnavailable(ServiceError):
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
-class QueueFull(ServiceUnavailable):
-    """The batcher's queue holds as many items as it may: the client should retry later."""
+class Overloaded(ServiceUnavailable):
+    """The service is at a capacity limit: the client should retry later."""
 
     code = "overloaded"
+
+
+class QueueFull(Overloaded):
+    """The batcher's queue holds as many items as it may."""
 
 
 class ShuttingDown(ServiceUnavailable):

@@ -31,6 +31,7 @@ _SERVE_OPTIONS = (
     "model_version",
     "device",
     "log_level",
+    "workers",
 )
 
 
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-version", type=int, help="version to serve (default: latest)")
     serve.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where to run the model")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with its own copy of the model "
+        "(MMSERVE_WORKERS, default 1)",
+    )
     add_predict_command(commands)
     return parser
 
@@ -80,6 +87,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    if settings.workers > 1:
+        from service import workers
+
+        return workers.run_workers(settings)
     from service import server
 
     return server.run_server(create_app(settings), settings)

@@ -1,13 +1,27 @@
 """Prometheus metrics (``prometheus-client``), exposed at ``GET /metrics``.
 
-Metrics live in the process-wide default registry: one process serves one app.
+One process: the default registry. Several worker processes (``workers`` > 1): the
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before starting them, every worker writes its
+samples there, and a scrape answered by any worker adds up all of them (prometheus-client's
+multiprocess mode): counters and histograms are summed, gauges as each says below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -23,12 +37,13 @@ ITEMS = Counter("mmserve_items_inferred", "Image+text pairs the model has scored
 REQUESTS_IN_FLIGHT = Gauge(
     "mmserve_requests_in_flight",
     "Requests holding a model runtime (predictions, model info, readiness) not yet answered; "
-    "a shutdown or reload waits for them.",
+    "a shutdown or reload waits for them. Summed over live workers.",
+    multiprocess_mode="livesum",
 )
 
 
 class BatchMetrics:
-    """The batcher's observer: one observation per model call."""
+    """The batcher's observer: one observation per model call, and the queue's depth."""
 
     def observe_batch(
         self, size: int, queue_seconds: Sequence[float], inference_seconds: float
@@ -38,6 +53,9 @@ class BatchMetrics:
         INFERENCE_SECONDS.observe(inference_seconds)
         for seconds in queue_seconds:
             QUEUE_SECONDS.observe(seconds)
+
+    def observe_queue(self, depth: int) -> None:
+        QUEUE_DEPTH.set(depth)
 
 
 HTTP_REQUESTS = Counter(
@@ -54,16 +72,38 @@ HTTP_SECONDS = Histogram(
     buckets=(*_TIME_BUCKETS, 30.0),
 )
 QUEUE_DEPTH = Gauge(
-    "mmserve_queue_depth", "Items waiting in the batcher for the model (not those it is running)."
+    "mmserve_queue_depth",
+    "Items waiting in the batcher for the model (not those it is running). Summed over live "
+    "workers.",
+    multiprocess_mode="livesum",
 )
-MODEL_INFO = Info("mmserve_model", "The model version served now (1, labelled).")
-
-
-def watch_queue(depth: Callable[[], float]) -> None:
-    """Read ``mmserve_queue_depth`` from ``depth`` at every scrape."""
-    QUEUE_DEPTH.set_function(depth)
+MODEL_INFO = Gauge(
+    "mmserve_model_info",
+    "The model version served now (1, labelled). With several workers, versions served "
+    "before stay listed with 0.",
+    ("name", "version", "device"),
+    # Across workers, a version is 1 while any live worker serves it.
+    multiprocess_mode="livemax",
+)
+_published: list[tuple[str, str, str]] = []
 
 
 def publish_model(name: str, version: int, device: str) -> None:
     """Label ``mmserve_model_info`` with the model served now (at start-up and each reload)."""
-    MODEL_INFO.info({"name": name, "version": str(version), "device": device})
+    labels = (name, str(version), device)
+    for previous in _published:
+        if previous != labels:
+            # Set to 0 first: a worker's samples file keeps the last value written.
+            MODEL_INFO.labels(*previous).set(0)
+            MODEL_INFO.remove(*previous)
+    _published[:] = [labels]
+    MODEL_INFO.labels(*labels).set(1)
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus text format: this process's, or every worker's added up."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

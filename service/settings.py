@@ -110,6 +110,56 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, description="TensorFlow ops run in parallel (0: TensorFlow chooses)."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port (`mmserve serve` only). Each loads and "
+        "verifies its own copy of the model and runs its own batcher; readiness is true only "
+        "when every worker is ready, SIGTERM drains them all, a reload reaches them all, and "
+        "/metrics adds them up. More than 1 pays when the host has cores to spare beyond "
+        "what one process keeps busy (see BENCHMARKS.md); each worker holds its own model "
+        "in memory.",
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Most model requests (POST) handled at once by one worker; more are "
+        "refused with 503 and Retry-After before their body is read, so a worker's request "
+        "memory stays under max_in_flight x max_request_bytes whatever clients send.",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Most open client connections per worker; a connection beyond it is "
+        "answered 503 and closed at once, so slow or idle clients cannot exhaust file "
+        "descriptors.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline for a request's headers to arrive, from its first byte (or from "
+        "the connection's opening); past it the client gets 408 and the connection closes.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Deadline for a request's whole body to arrive once its headers have; "
+        "past it the client gets 408 and the connection closes.",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="Move every object that exists once the model is loaded (TensorFlow's "
+        "included) out of the garbage collector's sight (`gc.freeze()`): full collections "
+        "then scan only what requests allocate, instead of pausing every thread for about "
+        "200 ms several times a minute under load.",
+    )
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs through the "
+        "globally configured providers. Off by default: when no provider is configured it "
+        "still costs a few per cent of a core per request at high load to find that out.",
+    )
     golden_tolerance: float = Field(
         1e-4,
         gt=0,

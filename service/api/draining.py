@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from service.worker_state import STOPPING, WorkerGroup
+
 
 def start_draining(app: Starlette) -> None:
-    """Refuse new work from now on; requests already in flight are not affected."""
+    """Refuse new work from now on; requests already in flight are not affected. In a
+    group of workers, the others' readiness turns 503 too."""
     app.state.draining = True
+    workers = getattr(app.state, "workers", None)
+    if isinstance(workers, WorkerGroup):
+        workers.mark(STOPPING)
 
 
 def is_draining(app: Starlette) -> bool:

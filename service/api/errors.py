@@ -36,8 +36,8 @@ _DESCRIPTIONS = {
     415: "The body has a content type this endpoint does not accept, or an image is in a "
     "format the service does not allow.",
     422: "A field is missing or invalid, or the text is too long.",
-    503: "The model is not loaded yet, the queue is full, or the service is shutting down "
-    "(see Retry-After).",
+    503: "The model is not loaded yet, too many requests are in flight, the queue is full, "
+    "or the service is shutting down (see Retry-After). Refused before the body is read.",
     504: "The model did not answer within the request deadline.",
 }
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from service.api.deps import RuntimeDep
+from service.api.deps import RETRY_AFTER_S, RuntimeDep
 from service.api.errors import error_responses
 from service.api.schemas import LiveResponse, ReadyResponse
+from service.errors import ServiceUnavailable
+from service.worker_state import WorkerGroup
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -23,6 +25,12 @@ async def live() -> LiveResponse:
     response_model=ReadyResponse,
     responses=error_responses(503),
 )
-async def ready(runtime: RuntimeDep) -> ReadyResponse:
-    """200 once the model passed its golden check and serves; 503 before and at shutdown."""
+async def ready(request: Request, runtime: RuntimeDep) -> ReadyResponse:
+    """200 once the model passed its golden check and serves; 503 before and at shutdown.
+    With several worker processes, 200 only while every one of them is ready."""
+    workers = request.app.state.workers
+    if isinstance(workers, WorkerGroup) and (waiting := workers.not_ready()):
+        raise ServiceUnavailable(
+            f"workers {waiting} of {workers.size} are not ready", retry_after=RETRY_AFTER_S
+        )
     return ReadyResponse(model=runtime.classifier.name, version=runtime.classifier.version)

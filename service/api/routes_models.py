@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.api.deps import ReloaderDep, RuntimeDep
 from service.api.errors import error_responses
 from service.api.schemas import ModelInfo, ModelList, ReloadResponse, TensorSpec
 from service.errors import NotFound
 from service.inference.classifier import Classifier
+from service.worker_state import WorkerGroup
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -79,19 +80,22 @@ async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
     response_model=ReloadResponse,
     responses=error_responses(404, 409, 503),
 )
-async def reload_model(name: str, reloader: ReloaderDep) -> ReloadResponse:
+async def reload_model(name: str, request: Request, reloader: ReloaderDep) -> ReloadResponse:
     """Load the newest version in the model store beside the served one, verify it against
     its golden examples, and swap it in; requests in flight finish on the old version.
 
     ``reloaded`` is false when the served version is already the newest (or is pinned).
     409 when newer versions exist but none loads and verifies: the served one stays, and a
     rejected version is not tried again. The watcher (``reload_poll_s``) does the same on
-    its own.
+    its own. With several worker processes, every worker checks the store too.
     """
     served = reloader.served.name
     if name != served:
         raise NotFound(f"model {name!r} is not served here (serving {served!r})")
     outcome = await reloader.reload()
+    workers = request.app.state.workers
+    if isinstance(workers, WorkerGroup):
+        workers.reload_all()  # the other worker processes check the store too
     return ReloadResponse(
         model=outcome.model,
         version=outcome.version,

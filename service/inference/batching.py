@@ -43,6 +43,10 @@ class BatchObserver(Protocol):
         self, size: int, queue_seconds: Sequence[float], inference_seconds: float
     ) -> None: ...
 
+    def observe_queue(self, depth: int) -> None:
+        """The number of items waiting, after it changed."""
+        ...
+
 
 @dataclass(eq=False)
 class _Job:
@@ -111,6 +115,11 @@ class AdaptiveBatcher:
         """Items waiting for the model (not counting the batch it is running)."""
         return self._queued_items
 
+    @property
+    def full(self) -> bool:
+        """Whether the queue is at its limit: a new request would be refused."""
+        return self._queued_items >= self.max_queue_items
+
     @contextlib.contextmanager
     def arriving(self, items: int) -> Iterator[Arrival]:
         """Announce a request of ``items`` items that will call :meth:`predict` soon."""
@@ -149,6 +158,8 @@ class AdaptiveBatcher:
         job = _Job(images, list(texts), future, now, now + self.timeout)
         self._pending.append(job)
         self._queued_items += n
+        if self._observer is not None:
+            self._observer.observe_queue(self._queued_items)
         if arrival is not None and not arrival.arrived:
             arrival.arrived = True
             self._incoming -= arrival.items
@@ -219,6 +230,8 @@ class AdaptiveBatcher:
             self._queued_items -= job.size
             batch.append(job)
             items += job.size
+        if self._observer is not None:
+            self._observer.observe_queue(self._queued_items)
         return batch
 
     async def _run(self, batch: list[_Job]) -> None:

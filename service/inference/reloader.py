@@ -68,6 +68,7 @@ class ModelReloader:
         load: LoadFn | None,
         pinned: bool = False,
         retire_timeout: float = 30.0,
+        on_retired: Callable[[], object] | None = None,
     ) -> None:
         self._store = store
         self._name = name
@@ -77,6 +78,7 @@ class ModelReloader:
         self._load = load
         self._pinned = pinned
         self._retire_timeout = retire_timeout
+        self._on_retired = on_retired
         self._lock = asyncio.Lock()
         self._rejected: dict[int, _Rejection] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -105,6 +107,23 @@ class ModelReloader:
         """
         async with self._lock:
             return await self._reload()
+
+    def reload_soon(self) -> None:
+        """Start :meth:`reload` in the background; from the event loop's thread, a signal
+        handler included. The outcome is logged."""
+        task = asyncio.get_running_loop().create_task(self._reload_logged(), name="mmserve-reload")
+        self._retiring.add(task)  # kept alive, and awaited by close()
+        task.add_done_callback(self._retiring.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            outcome = await self.reload()
+        except ReloadRejected:
+            return  # already logged, version by version
+        except Exception:
+            log.exception("reload failed")
+            return
+        log.info("reload: %s", outcome.message)
 
     def watch(self, interval: float) -> None:
         """Poll the store every ``interval`` seconds and reload when a new version appears.
@@ -208,7 +227,7 @@ class ModelReloader:
         self._install(self._start(classifier))
         self._rejected.pop(version.version, None)
         task = asyncio.get_running_loop().create_task(
-            old.retire(self._retire_timeout), name=f"mmserve-retire-v{old.classifier.version}"
+            self._retire(old), name=f"mmserve-retire-v{old.classifier.version}"
         )
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -219,6 +238,11 @@ class ModelReloader:
             old.classifier.version,
         )
         return None
+
+    async def _retire(self, old: Runtime) -> None:
+        await old.retire(self._retire_timeout)
+        if self._on_retired is not None:
+            self._on_retired()
 
     def _remembered(self, version: ModelVersion) -> str | None:
         """Why ``version`` was rejected, if it was and its folder is still the same one."""
