@@ -19,7 +19,8 @@ of Python.
   check the store for a newer version at once.
 - A worker that dies after start-up is replaced; one that fails to start stops them all
   (the model failed its golden check, say), with the start-up failure status.
-- Metrics: the supervisor gives the workers a fresh ``PROMETHEUS_MULTIPROC_DIR``, and any
+- Metrics: the workers write their samples to ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
+  temporary folder unless that is set; its old samples are deleted at start), and any
   worker's ``/metrics`` adds up all of them.
 
 Imported only when ``mmserve serve`` runs with more than one worker.
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -76,7 +78,10 @@ def run_workers(settings: Settings) -> int:
     except ConfigurationError as exc:
         log.error("%s", exc)
         return STARTUP_FAILURE
-    metrics_dir = tempfile.mkdtemp(prefix="mmserve-metrics-")
+    given_dir = os.environ.get(MULTIPROC_DIR_ENV)
+    metrics_dir = given_dir or tempfile.mkdtemp(prefix="mmserve-metrics-")
+    for stale in Path(metrics_dir).glob("*.db"):  # a previous run's samples
+        stale.unlink()
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir
     context = multiprocessing.get_context("spawn")
     states = context.RawArray("b", settings.workers)
@@ -113,7 +118,8 @@ def run_workers(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if not given_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(

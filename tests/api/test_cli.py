@@ -34,7 +34,9 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: calls.append({"config": self.config}))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: calls.append({"config": self.config})
+    )
     monkeypatch.setenv("MMSERVE_SHUTDOWN_TIMEOUT_S", "12.5")
     argv = ["serve", "--host", "0.0.0.0", "--port", "9001", "--model-store", str(tmp_path)]
     argv += ["--model-name", "tiny", "--model-version", "2", "--device", "cpu"]

@@ -1,0 +1,146 @@
+"""Load is shed before it is paid for: a refused model request is answered 503 with
+Retry-After before its body is read, while draining, over the in-flight cap, or with a full
+queue. Checked on the wire: the client sends headers and only the start of a large body,
+and the answer comes anyway."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.api.draining import start_draining
+from service.app import create_app
+from service.settings import Settings
+from tests.api.fakes import FakeClassifier, image_bytes
+from tests.support.live import connect, free_port, multipart_head, read_response, serving
+
+DECLARED = 5_000_000
+"""The body size refused requests declare; they send only its first bytes."""
+
+
+class GatedClassifier(FakeClassifier):
+    """A fake whose model calls wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def predict(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(20), "the test never opened the gate"
+        return super().predict(images, texts)
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(
+        model_store=tmp_path,
+        model_name="fake",
+        port=free_port(),
+        reload_poll_s=0,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def _refused_without_body(port: int) -> tuple[int, dict[str, str], dict[str, object], float]:
+    """Send headers and 100 bytes of a 5 MB body; the status, headers, JSON body and seconds
+    the answer took."""
+    started = time.perf_counter()
+    with connect(port) as sock:
+        sock.sendall(multipart_head("/v1/predict", DECLARED) + b"x" * 100)
+        raw = read_response(sock)
+    elapsed = time.perf_counter() - started
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body), elapsed
+
+
+def _predict(url: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/predict",
+        files={"image": ("a.png", image_bytes())},
+        data={"text": "red"},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedClassifier]:
+    model = GatedClassifier()
+    yield model
+    model.gate.set()
+
+
+def test_a_draining_service_refuses_before_reading_the_body(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    app = create_app(settings, classifier=FakeClassifier())
+    with serving(app, settings) as port:
+        start_draining(app)
+        status, headers, body, elapsed = _refused_without_body(port)
+    assert status == 503
+    assert body["error"]["code"] == "shutting_down"  # type: ignore[index]
+    assert headers["retry-after"] == "5" and headers["connection"] == "close"
+    assert elapsed < 5  # answered, not waiting for 5 MB that never come
+
+
+def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    settings = _settings(tmp_path, max_in_flight=1)
+    with serving(create_app(settings, classifier=gated), settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        holder = threading.Thread(target=_predict, args=(url,))
+        holder.start()
+        assert gated.entered.wait(10)
+        status, headers, body, _ = _refused_without_body(port)
+        health = httpx.get(f"{url}/health/live", timeout=10)  # GETs are never capped
+        gated.gate.set()
+        holder.join(20)
+        after = _predict(url)
+    assert status == 503
+    assert body["error"]["code"] == "overloaded"  # type: ignore[index]
+    assert "limit 1" in body["error"]["message"]  # type: ignore[index]
+    assert headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert health.status_code == 200
+    assert after.status_code == 200  # the slot is free again
+
+
+def test_a_full_queue_refuses_before_the_body_is_read(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    settings = _settings(tmp_path, max_queue_items=1)
+    with serving(create_app(settings, classifier=gated), settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        running = threading.Thread(target=_predict, args=(url,))
+        running.start()
+        assert gated.entered.wait(10)  # the model is busy with the first request
+        queued = threading.Thread(target=_predict, args=(url,))
+        queued.start()
+        deadline = time.monotonic() + 10
+        while _queue_depth(url) < 1:
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.02)
+        status, headers, body, _ = _refused_without_body(port)
+        gated.gate.set()
+        running.join(20)
+        queued.join(20)
+    assert status == 503
+    assert body["error"]["code"] == "overloaded"  # type: ignore[index]
+    assert "queue" in body["error"]["message"]  # type: ignore[index]
+    assert headers["retry-after"] == "1"
+
+
+def _queue_depth(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("mmserve_queue_depth "):
+            return float(line.split()[1])
+    return 0.0

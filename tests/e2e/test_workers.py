@@ -1,0 +1,171 @@
+"""`mmserve serve --workers 2` on a really trained model: two processes share the port and
+act as one service (readiness, metrics, reload, drain), and a dead worker is replaced."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_real_model import (
+    ROOT,
+    cli_server_command,
+    copy_store,
+    free_port,
+    golden_with_image_and_text,
+    server_env,
+    wait_until_ready,
+)
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 90
+
+
+def _predict(url: str, image: Path, text: str) -> httpx.Response:
+    # A new connection per request: the kernel spreads connections, not requests.
+    with httpx.Client(timeout=30) as client:
+        return client.post(
+            f"{url}/v1/predict",
+            files={"image": (image.name, image.read_bytes())},
+            data={"text": text},
+        )
+
+
+def _predict_requests_by_pid(metrics_dir: Path) -> dict[int, float]:
+    """Successful /v1/predict requests counted by each worker process."""
+    counts: dict[int, float] = {}
+    for file in metrics_dir.glob("counter_*.db"):
+        pid = int(file.stem.split("_")[1])
+        alone = metrics_dir / f"pid-{pid}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+        for family in registry.collect():
+            for sample in family.samples:
+                if (
+                    sample.name == "mmserve_http_requests_total"
+                    and sample.labels["route"] == "/v1/predict"
+                    and sample.labels["status"] == "200"
+                ):
+                    counts[pid] = counts.get(pid, 0) + sample.value
+    return counts
+
+
+def _scraped_predictions(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mmserve_http_requests_total"
+        and sample.labels.get("route") == "/v1/predict"
+        and sample.labels.get("status") == "200"
+    )
+
+
+def _workers(supervisor: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = psutil.Process(supervisor.pid).children()
+    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+
+def _until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def test_two_workers_serve_as_one(trained_store: Path, tmp_path: Path) -> None:
+    store = copy_store(trained_store, tmp_path)
+    image, text = golden_with_image_and_text(store)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = server_env(store) | {
+        "MMSERVE_WORKERS": "2",
+        "MMSERVE_RELOAD_POLL_S": "0",  # only an explicit reload may change the version
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    log_file = tmp_path / "server.log"
+    with log_file.open("wb") as log:
+        supervisor = subprocess.Popen(
+            cli_server_command(port), cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        try:
+            wait_until_ready(url, supervisor, log_file)
+            workers = _workers(supervisor)
+            assert len(workers) == 2
+
+            # Both workers answer, and any worker's /metrics counts both.
+            answers = [_predict(url, image, text) for _ in range(40)]
+            assert {r.status_code for r in answers} == {200}
+            by_pid = _predict_requests_by_pid(metrics_dir)
+            assert set(by_pid) == {w.pid for w in workers}
+            assert all(count > 0 for count in by_pid.values())
+            assert _scraped_predictions(url) == 40
+
+            # A reload through one worker reaches every worker.
+            shutil.copytree(store / "tiny" / "1", store / "tiny" / "2")
+            with httpx.Client(timeout=60) as client:
+                reload = client.post(f"{url}/v1/models/tiny/reload")
+            assert reload.status_code == 200 and reload.json()["version"] == 2
+
+            def all_on_v2() -> bool:
+                versions = {_predict(url, image, text).json()["version"] for _ in range(12)}
+                return versions == {2}
+
+            _until(all_on_v2, "every worker serves version 2")
+
+            # A worker that dies is replaced; readiness is 503 until its successor is ready.
+            victim = workers[0]
+            victim.kill()
+            victim.wait(30)
+            _until(
+                lambda: httpx.get(f"{url}/health/ready", timeout=5).status_code == 503,
+                "readiness reports the missing worker",
+            )
+            _until(
+                lambda: httpx.get(f"{url}/health/ready", timeout=5).status_code == 200,
+                "the replacement worker is ready",
+            )
+            replaced = _workers(supervisor)
+            assert len(replaced) == 2 and victim.pid not in {w.pid for w in replaced}
+
+            # SIGTERM drains both workers: requests in flight are answered, status 0.
+            results: list[int] = []
+
+            def send() -> None:
+                try:
+                    results.append(_predict(url, image, text).status_code)
+                except httpx.ConnectError:
+                    results.append(0)  # the port was already closed: nothing was lost
+
+            senders = [threading.Thread(target=send) for _ in range(8)]
+            for sender in senders:
+                sender.start()
+            supervisor.send_signal(signal.SIGTERM)
+            for sender in senders:
+                sender.join(60)
+            assert supervisor.wait(60) == 0, log_file.read_text()
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                supervisor.wait(30)
+    # Requests sent once the drain began may be refused (503) or find the port closed;
+    # none fails otherwise.
+    assert len(results) == 8 and set(results) <= {200, 503, 0}, results
+    assert not any(psutil.pid_exists(w.pid) for w in replaced)
