@@ -35,9 +35,11 @@ def test_a_replica_drains_under_load_without_a_failed_request(
     service = load_compose()["services"][SCALE_SERVICE]
     grace = stop_grace_seconds(service)
     image, text = golden_pair(trained_store, "tiny")
-    with replicas_behind_haproxy(
-        trained_store, "tiny", service["environment"], 2, tmp_path
-    ) as (url, (kept, drained), balancer):
+    with replicas_behind_haproxy(trained_store, "tiny", service["environment"], 2, tmp_path) as (
+        url,
+        (kept, drained),
+        balancer,
+    ):
         load = Load(url, image, text)
         load.start()
         try:

@@ -49,6 +49,10 @@ class ToolMissing(RuntimeError):
     """A command-line tool the checks need is not installed."""
 
 
+class RenderError(RuntimeError):
+    """kustomize refused to render a kustomization."""
+
+
 # ---------------------------------------------------------------------------- rendering
 
 
@@ -68,16 +72,14 @@ HAPROXY_HINT = "install it with `apt-get update && apt-get install -y haproxy` (
 
 
 def render(directory: Path) -> list[Doc]:
-    """``kubectl kustomize directory``, parsed; CalledProcessError (with kustomize's message)
-    when it cannot be rendered."""
+    """``kubectl kustomize directory``, parsed; RenderError (with kustomize's message) when
+    it cannot be rendered."""
     kubectl = require("kubectl", KUBECTL_HINT)
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     if result.returncode != 0:
-        raise subprocess.CalledProcessError(
-            result.returncode, result.args, result.stdout, result.stderr
-        )
+        raise RenderError(f"kubectl kustomize {directory} failed: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
@@ -146,7 +148,7 @@ def custom_resource_problems(docs: Iterable[Doc], version: str) -> list[str]:
     else); the pod spec an InferenceService embeds against Kubernetes ``version``'s Pod."""
     problems = []
     for doc in docs:
-        name = CUSTOM_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
+        name = CUSTOM_SCHEMAS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
         if name is None:
             continue
         validator = custom_validator(name)
@@ -242,7 +244,7 @@ def dockerfile_uid() -> int:
 
 def dockerfile_env(name: str) -> str:
     (value,) = re.findall(rf"\b{name}=(\S+)", dockerfile())
-    return value
+    return str(value)
 
 
 def settings_default(field: str) -> Any:
@@ -267,7 +269,8 @@ def server_container(pod: Doc) -> Doc | None:
     """The container running the mmserve image."""
     for container in pod.get("containers", []):
         if str(container.get("image", "")).split(":")[0].rsplit("/", 1)[-1] == "mmserve":
-            return container
+            found: Doc = container
+            return found
     return None
 
 
@@ -396,7 +399,7 @@ def settings_problems(owner: str, env: dict[str, str | None]) -> list[str]:
         if name in known and value is not None
     }
     try:
-        Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        Settings.model_validate(values)  # the values alone: no environment, no .env
     except ValidationError as exc:
         problems.append(f"{owner}: invalid settings: {exc}")
     return problems
@@ -484,7 +487,9 @@ def rollout_problems(docs: list[Doc]) -> list[str]:
     for deployment in of_kind(docs, "Deployment"):
         rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
         if (rolling.get("maxSurge"), rolling.get("maxUnavailable")) != (1, 0):
-            problems.append(f"{where(deployment)}: rolling update is not maxSurge 1, maxUnavailable 0")
+            problems.append(
+                f"{where(deployment)}: rolling update is not maxSurge 1, maxUnavailable 0"
+            )
     for pdb in of_kind(docs, "PodDisruptionBudget"):
         spec = pdb["spec"]
         if (spec.get("maxUnavailable"), spec.get("unhealthyPodEvictionPolicy")) != (
@@ -617,9 +622,10 @@ def compose_problems(compose: Doc) -> list[str]:
     if replica.get("ports"):
         problems.append(f"compose: {SCALE_SERVICE} publishes a host port (replicas would clash)")
     condition = balancer.get("depends_on", {})
-    if not isinstance(condition, dict) or condition.get(SCALE_SERVICE, {}).get(
-        "condition"
-    ) != "service_healthy":
+    if (
+        not isinstance(condition, dict)
+        or condition.get(SCALE_SERVICE, {}).get("condition") != "service_healthy"
+    ):
         problems.append(f"compose: {BALANCER} does not wait for {SCALE_SERVICE} service_healthy")
     if "scale" not in replica.get("profiles", []) or "scale" not in balancer.get("profiles", []):
         problems.append(f"compose: {SCALE_SERVICE} and {BALANCER} are not in the scale profile")
@@ -627,9 +633,11 @@ def compose_problems(compose: Doc) -> list[str]:
         problems.append(f"compose: {SCALE_SERVICE} health check differs from api's")
     for name, service in services.items():
         environment = service.get("environment", {})
-        names = environment if isinstance(environment, dict) else [
-            item.split("=", 1)[0] for item in environment
-        ]
+        names = (
+            environment
+            if isinstance(environment, dict)
+            else [item.split("=", 1)[0] for item in environment]
+        )
         problems += [
             f"compose: {name}: {env} is not a setting"
             for env in names
@@ -735,20 +743,27 @@ def haproxy_seconds(value: str) -> float:
 # ------------------------------------------------------------------------- everything
 
 
-def all_static_problems(k8s: Path = K8S) -> list[str]:
-    """Every offline check of the committed deploy files: what the suite requires empty."""
+def k8s_problems(k8s: Path = K8S) -> list[str]:
+    """Every offline check of a k8s/ tree: render, schemas at the minimum and the newest
+    Kubernetes version, custom resources, cross-checks."""
     rendered = render_all(k8s)
     problems = []
     for version in kubernetes_versions():
         for name, docs in rendered.items():
             problems += [f"{name}: {p}" for p in kubernetes_schema_problems(docs, version)]
             problems += [f"{name}: {p}" for p in custom_resource_problems(docs, version)]
-    problems += manifest_problems(rendered)
+    return problems + manifest_problems(rendered)
+
+
+def all_static_problems() -> list[str]:
+    """Every offline check of the committed deploy files: what the suite requires empty."""
     compose = load_compose()
-    problems += compose_problems(compose)
-    problems += haproxy_check(HAPROXY_CONFIG)
-    problems += haproxy_problems(HAPROXY_CONFIG.read_text(), compose)
-    return problems
+    return [
+        *k8s_problems(),
+        *compose_problems(compose),
+        *haproxy_check(HAPROXY_CONFIG),
+        *haproxy_problems(HAPROXY_CONFIG.read_text(), compose),
+    ]
 
 
 def mutated(docs: list[Doc], kind: str, change: Any) -> list[Doc]:
