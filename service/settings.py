@@ -111,15 +111,16 @@ class Settings(BaseSettings):
         0, ge=0, description="TensorFlow ops run in parallel (0: TensorFlow chooses)."
     )
     workers: int = Field(
-        1,
+        default_factory=lambda: min(4, len(os.sched_getaffinity(0))),
         ge=1,
         le=64,
-        description="Server processes sharing the port (`mmserve serve` only). Each loads and "
-        "verifies its own copy of the model and runs its own batcher; readiness is true only "
-        "when every worker is ready, SIGTERM drains them all, a reload reaches them all, and "
-        "/metrics adds them up. More than 1 pays when the host has cores to spare beyond "
-        "what one process keeps busy (see BENCHMARKS.md); each worker holds its own model "
-        "in memory.",
+        description="Server processes sharing the port (`mmserve serve` only; default: one "
+        "per core this process may use, at most 4). Each loads and verifies its own copy of "
+        "the model and runs its own batcher; readiness is true only when every worker is "
+        "ready, SIGTERM drains them all, a reload reaches them all, and /metrics adds them "
+        "up. On 2 cores two workers did about 1.8x the throughput of one (BENCHMARKS.md). "
+        "Each worker holds the model in memory: with a GPU, or a model large next to the "
+        "host's memory, use 1.",
     )
     max_in_flight: int = Field(
         256,

@@ -207,7 +207,7 @@ def _per_worker(settings: Settings) -> Settings:
     to TensorFlow (which would give every worker all the cores)."""
     if settings.intra_op_threads:
         return settings
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     return settings.model_copy(
         update={"intra_op_threads": max(1, cores // settings.workers), "inter_op_threads": 1}
     )

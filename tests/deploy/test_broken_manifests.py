@@ -163,9 +163,13 @@ RENDERED_FAULTS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
         lambda d: container(d)["securityContext"].update(readOnlyRootFilesystem=False),
         "root filesystem is not read-only",
     ),
-    "threads from the node": (
+    "threads per worker": (
         lambda d: set_env(d, "MMSERVE_DECODE_THREADS", "4"),
-        "MMSERVE_DECODE_THREADS is not taken from the CPU request",
+        "MMSERVE_DECODE_THREADS is not 1",
+    ),
+    "workers from the node": (
+        lambda d: set_env(d, "MMSERVE_WORKERS", "4"),
+        "MMSERVE_WORKERS is not taken from the CPU request",
     ),
     "scrape port": (
         lambda d: checks.of_kind(d, "Deployment")[0]["spec"]["template"]["metadata"][

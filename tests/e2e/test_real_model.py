@@ -192,8 +192,14 @@ def cli_server_command(port: int) -> list[str]:
 
 
 def server_env(store: Path) -> dict[str, str]:
+    """One worker process (tests/e2e/test_workers.py covers several)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
-    env.update(MMSERVE_MODEL_STORE=str(store), MMSERVE_MODEL_NAME="tiny", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(
+        MMSERVE_MODEL_STORE=str(store),
+        MMSERVE_MODEL_NAME="tiny",
+        MMSERVE_WORKERS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     return env
 
 

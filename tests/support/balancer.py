@@ -138,11 +138,15 @@ class Replica:
 
 def replica_env(store: Path, model_name: str, environment: dict[str, str]) -> dict[str, str]:
     """This process's environment without MMSERVE_*, then ``environment`` (the compose
-    service's), then the test's model store."""
+    service's), then the test's model store; one worker process per replica (two replicas
+    already share the test machine's two cores)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMSERVE_")}
     env.update(environment)
     env.update(
-        MMSERVE_MODEL_STORE=str(store), MMSERVE_MODEL_NAME=model_name, TF_CPP_MIN_LOG_LEVEL="2"
+        MMSERVE_MODEL_STORE=str(store),
+        MMSERVE_MODEL_NAME=model_name,
+        MMSERVE_WORKERS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env
 

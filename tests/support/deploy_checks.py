@@ -361,6 +361,7 @@ def security_problems(owner: str, pod: Doc, container: Doc) -> list[str]:
 
 
 THREAD_SETTINGS = ("MMSERVE_DECODE_THREADS", "MMSERVE_INTRA_OP_THREADS", "MMSERVE_INTER_OP_THREADS")
+"""Per worker process: one thread each, since the workers already fill the requested cores."""
 
 
 def resource_problems(owner: str, container: Doc) -> list[str]:
@@ -371,13 +372,15 @@ def resource_problems(owner: str, container: Doc) -> list[str]:
     if "cpu" in resources_.get("limits", {}):
         problems.append(f"{owner}: a CPU limit (throttles a latency-bound server)")
     by_name = {item["name"]: item for item in container.get("env", [])}
+    ref = by_name.get("MMSERVE_WORKERS", {}).get("valueFrom", {}).get("resourceFieldRef", {})
+    if ref.get("resource") != "requests.cpu" or ref.get("containerName") not in (
+        None,
+        container["name"],
+    ):
+        problems.append(f"{owner}: MMSERVE_WORKERS is not taken from the CPU request")
     for name in THREAD_SETTINGS:
-        ref = by_name.get(name, {}).get("valueFrom", {}).get("resourceFieldRef", {})
-        if ref.get("resource") != "requests.cpu" or ref.get("containerName") not in (
-            None,
-            container["name"],
-        ):
-            problems.append(f"{owner}: {name} is not taken from the CPU request")
+        if by_name.get(name, {}).get("value") != "1":
+            problems.append(f"{owner}: {name} is not 1 (one per worker process)")
     return problems
 
 
