@@ -8,9 +8,10 @@ A pure ASGI middleware in front of the routes. A model request (any POST) is ref
   stays under ``max_in_flight x max_request_bytes`` whatever clients send;
 - the batcher's queue is full: the request could only be refused after decoding.
 
-A refusal costs the parsing of the request line and headers and nothing else. The
-connection is closed because the unread body would otherwise have to be read and
-discarded to reuse it.
+A refusal costs the parsing of the request line and headers and nothing else. A body of
+up to 64 KiB (which the server has most likely received already) is discarded and the
+connection kept for the client's next request; a larger or unannounced one closes the
+connection rather than be read only to be thrown away.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ RETRY_AFTER_S = 1
 DRAIN_RETRY_AFTER_S = 5
 """What a client refused by a draining process is told to wait (another replica answers)."""
 
+KEEP_ALIVE_BODY_BYTES = 64 * 1024
+"""Largest declared body a refusal discards to keep the connection (the server's read
+buffer holds this much anyway)."""
+
 
 class AdmissionControl:
     """Refuse POST requests while draining, over the in-flight cap, or with a full queue."""
@@ -47,7 +52,9 @@ class AdmissionControl:
             return
         refusal = self._refusal(self.in_flight)
         if refusal is not None:
-            headers = {**refusal.headers, "Connection": "close"}
+            headers = dict(refusal.headers)
+            if not _small_body(scope) or isinstance(refusal, ShuttingDown):
+                headers["Connection"] = "close"
             response = error_json(
                 refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
             )
@@ -58,6 +65,14 @@ class AdmissionControl:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+def _small_body(scope: Scope) -> bool:
+    """Whether the request declares a body small enough to discard (not chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= KEEP_ALIVE_BODY_BYTES
+    return False
 
 
 def install_admission_control(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ and the answer comes anyway."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,30 @@ def _refused_without_body(port: int) -> tuple[int, dict[str, str], dict[str, obj
     return int(lines[0].split()[1]), headers, json.loads(body), elapsed
 
 
+def _small_request() -> bytes:
+    image = image_bytes()
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        + image
+        + b'\r\n--b0undary\r\nContent-Disposition: form-data; name="text"\r\n\r\nred'
+        + b"\r\n--b0undary--\r\n"
+    )
+    return multipart_head("/v1/predict", len(body)) + body
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """One request and its whole response on a kept-alive connection."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head.lower() + b"\r\n\r\n" + rest  # headers lower-cased
+
+
 def _predict(url: str) -> httpx.Response:
     return httpx.post(
         f"{url}/v1/predict",
@@ -102,14 +127,20 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
         assert gated.entered.wait(10)
         status, headers, body, _ = _refused_without_body(port)
         health = httpx.get(f"{url}/health/live", timeout=10)  # GETs are never capped
-        gated.gate.set()
-        holder.join(20)
+        with connect(port) as kept:
+            # A small body is discarded and the connection kept for the next request.
+            small_refused = _exchange(kept, _small_request())
+            gated.gate.set()
+            holder.join(20)
+            small_served = _exchange(kept, _small_request())
         after = _predict(url)
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "limit 1" in body["error"]["message"]  # type: ignore[index]
     assert headers["retry-after"] == "1" and headers["connection"] == "close"
     assert health.status_code == 200
+    assert small_refused.startswith(b"http/1.1 503") and b"connection: close" not in small_refused
+    assert small_served.startswith(b"http/1.1 200")  # on the same connection
     assert after.status_code == 200  # the slot is free again
 
 

@@ -1,0 +1,215 @@
+"""Overload and slow-client scenarios against a running service (``make stress``).
+
+Three scenarios, each bounded in time, loopback only:
+
+1. overload: ``--overload-connections`` closed-loop connections against a service started
+   with a small queue, for ``--seconds``; every answer must be 200 or 503 with
+   Retry-After, and the 503s' latency is reported separately from the 200s';
+2. many connections: ``--many`` (1,000) concurrent connections against the default
+   settings: the accepted requests' p99 and how fast the rest were refused;
+3. trickle: ``--trickle`` (500) connections that send their headers one byte a second,
+   while one client sends normal requests in turn; how long those took, and how many of
+   the trickling connections the header deadline closed.
+
+The client is asyncio over raw sockets with pre-built requests (the bench's own JPEGs), so
+each answer's status and latency are known; server CPU is read from /proc for the server's
+process tree. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.inputs import generate
+
+BOUNDARY = "stressboundary"
+
+
+def _bodies(count: int = 64, side: int = 256) -> list[bytes]:
+    requests = []
+    for sample in generate(count, side):
+        body = (
+            (
+                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+                f'filename="{sample.filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+            ).encode()
+            + sample.image
+            + (
+                f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="text"\r\n\r\n'
+                f"{sample.text}\r\n--{BOUNDARY}--\r\n"
+            ).encode()
+        )
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: bench\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests
+
+
+@dataclass
+class Tally:
+    """Latencies (ms) by status; 0 stands for a connection error."""
+
+    latencies: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    missing_retry_after: int = 0
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for status, values in sorted(self.latencies.items()):
+            ordered = sorted(values)
+            out[str(status)] = {
+                "count": len(ordered),
+                "p50_ms": round(ordered[len(ordered) // 2], 2),
+                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+            }
+        out["503_without_retry_after"] = self.missing_retry_after
+        return out
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bool, bool]:
+    """Send one request; (status, keep the connection, has Retry-After)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection") != "close", "retry-after" in headers
+
+
+async def _closed_loop(port: int, requests: list[bytes], until: float, tally: Tally, i: int) -> None:
+    reader = writer = None
+    n = i
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert reader is not None
+            status, keep, retry_after = await _exchange(reader, writer, requests[n % len(requests)])
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status, keep, retry_after = 0, False, True
+        tally.latencies[status].append((time.perf_counter() - started) * 1000)
+        if status == 503 and not retry_after:
+            tally.missing_retry_after += 1
+        if not keep and writer is not None:
+            writer.close()
+            writer = None
+        n += 1
+    if writer is not None:
+        writer.close()
+
+
+def _tree_cpu(pid: int) -> float:
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def closed_loop(port: int, connections: int, seconds: float, pid: int | None) -> dict[str, object]:
+    requests = _bodies()
+    tally = Tally()
+    cpu0 = _tree_cpu(pid) if pid else 0.0
+    until = time.monotonic() + seconds
+    await asyncio.gather(
+        *(_closed_loop(port, requests, until, tally, i) for i in range(connections))
+    )
+    result = {"connections": connections, "seconds": seconds, **tally.summary()}
+    if pid:
+        result["server_cpu_s"] = round(_tree_cpu(pid) - cpu0, 2)
+    return result
+
+
+async def trickle(port: int, connections: int, seconds: float) -> dict[str, object]:
+    """``connections`` sockets sending headers a byte a second; normal requests meanwhile."""
+    line = b"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: multipart/form-data\r\n"
+    closed_at: list[float] = []
+    started = time.monotonic()
+
+    async def slow() -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        for byte in line:
+            if reader.at_eof():
+                break
+            writer.write(bytes([byte]))
+            try:
+                await asyncio.wait_for(reader.read(1), timeout=1.0)
+                closed_at.append(time.monotonic() - started)  # the server answered/closed
+                break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_at.append(time.monotonic() - started)
+                break
+        writer.close()
+
+    trickling = [asyncio.create_task(slow()) for _ in range(connections)]
+    await asyncio.sleep(1.0)  # all of them open and trickling
+    requests = _bodies(8)
+    normal: list[float] = []
+    until = time.monotonic() + seconds
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    n = 0
+    while time.monotonic() < until:
+        t = time.perf_counter()
+        status, keep, _ = await _exchange(reader, writer, requests[n % len(requests)])
+        normal.append((time.perf_counter() - t) * 1000)
+        assert status == 200, status
+        n += 1
+        await asyncio.sleep(0.05)
+    writer.close()
+    await asyncio.gather(*trickling)
+    return {
+        "trickling_connections": connections,
+        "normal_requests": len(normal),
+        "normal_p50_ms": round(statistics.median(normal), 2),
+        "normal_max_ms": round(max(normal), 2),
+        "trickling_closed_by_server": len(closed_at),
+        "closed_after_s_median": round(statistics.median(closed_at), 2) if closed_at else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=["overload", "many", "trickle"])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--pid", type=int, help="the server's pid, to measure its CPU")
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    if args.scenario == "trickle":
+        result = asyncio.run(trickle(args.port, args.connections, args.seconds))
+    else:
+        result = asyncio.run(closed_loop(args.port, args.connections, args.seconds, args.pid))
+    result = {"scenario": args.scenario, **result}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
