@@ -123,11 +123,12 @@ class Settings(BaseSettings):
         "host's memory, use 1.",
     )
     max_in_flight: int = Field(
-        256,
+        64,
         ge=1,
         description="Most model requests (POST) handled at once by one worker; more are "
         "refused with 503 and Retry-After before their body is read, so a worker's request "
-        "memory stays under max_in_flight x max_request_bytes whatever clients send.",
+        "memory stays under max_in_flight x max_request_bytes whatever clients send, and "
+        "the requests it accepts are answered within a few batches' time.",
     )
     max_connections: int = Field(
         2048,
