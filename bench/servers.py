@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,22 @@ class ServerProcess:
         except psutil.NoSuchProcess as exc:
             raise ServerFailed(f"{self.name} is gone:\n{log_tail(self.log_file)}") from exc
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server and its live subprocesses."""
+        try:
+            proc = psutil.Process(self.process.pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess as exc:
+            raise ServerFailed(f"{self.name} is gone:\n{log_tail(self.log_file)}") from exc
+        total = 0.0
+        for p in procs:
+            try:
+                times = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
     def check_alive(self) -> None:
         """Raise :class:`ServerFailed` when the process has exited."""
         if self.process.poll() is not None:
@@ -57,8 +73,15 @@ def free_port() -> int:
         return port
 
 
-def service_command(port: int, model_store: Path, model_name: str) -> list[str]:
-    """``mmserve serve`` from the running interpreter's environment."""
+def service_command(
+    port: int,
+    model_store: Path,
+    model_name: str,
+    extra_args: Sequence[str] = (),
+    workers: int | None = None,
+) -> list[str]:
+    """``mmserve serve`` from the running interpreter's environment, with ``extra_args``
+    appended and ``--workers N`` when ``workers`` is given."""
     mmserve = Path(sys.executable).parent / "mmserve"
     launcher = [str(mmserve)] if mmserve.exists() else [sys.executable, "-m", "service.main"]
     return [
@@ -72,22 +95,25 @@ def service_command(port: int, model_store: Path, model_name: str) -> list[str]:
         str(model_store),
         "--model-name",
         model_name,
+        *extra_args,
+        *(["--workers", str(workers)] if workers is not None else []),
     ]
 
 
-def naive_command(port: int) -> list[str]:
-    """uvicorn serving :mod:`bench.naive_server`."""
+def uvicorn_command(port: int, app: str) -> list[str]:
+    """uvicorn serving ``app`` (``bench.naive_server:app``, ``bench.floor_server:app``)."""
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "bench.naive_server:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--log-level",
         "warning",
+        "--no-access-log",
     ]
 
 
