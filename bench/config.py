@@ -13,7 +13,7 @@ from bench.servers import ROOT
 from bench.targets import PEER_NAMES
 
 # What --skip accepts besides a peer's name.
-SKIPPABLE = ("floor", "naive", "inprocess", "open-loop", "profile", *PEER_NAMES)
+SKIPPABLE = ("service", "floor", "naive", "open-loop", "profile", *PEER_NAMES)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bench.closedloop import BodySet, Generator
 from bench.config import Config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
 from bench.results import LevelResult, MemoryResult, OpenLoopRow, ProfileRow
-from bench.servers import ServerProcess, free_port, running
+from bench.servers import ServerFailed, ServerProcess, free_port, log_tail, running
 from bench.targets import Target
 
 # py-spy needs a moment to attach; the load runs this much longer than the sampling.
@@ -57,6 +58,7 @@ def measure_target(
         timeout_s=config.start_timeout_s,
     ) as server:
         url = server.base_url + target.predict_path
+        _first_answer(server, url, bodies, config.start_timeout_s)
         metrics_url = server.base_url + target.metrics_path if target.metrics_path else None
         ready_rss = server.rss_bytes()
         cpu_start = server.cpu_seconds()
@@ -163,6 +165,31 @@ def _profile(
         return None
     reduced = profiling.reduce(output.read_text(errors="replace"))
     return ProfileRow(server.name, level, config.profile_duration_s, stats.rps, reduced)
+
+
+def _first_answer(server: ServerProcess, url: str, bodies: BodySet, timeout_s: float) -> None:
+    """Wait until a real request is answered 2xx: some servers (mosec) say they are up
+    before their workers have loaded the model."""
+    payload = bodies.payloads[0]
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(trust_env=False, timeout=timeout_s) as client:
+        while time.monotonic() < deadline:
+            server.check_alive()
+            try:
+                response = client.post(
+                    url, content=payload.body, headers={"content-type": payload.content_type}
+                )
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    return
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+            time.sleep(0.5)
+    raise ServerFailed(
+        f"{server.name} never answered a request ({last}):\n{log_tail(server.log_file)}"
+    )
 
 
 def _batch_sizes(url: str | None) -> HistogramTotals | None:

@@ -25,8 +25,9 @@ import numpy as np
 
 from bench.bodies import Payload
 
-# The generator kept up when its sends were this late at the 99th percentile at most ...
-MAX_SEND_LAG_P99_MS = 5.0
+# The generator kept up when its sends were this late at the 99th percentile at most (a
+# tenth of the 100 ms p99 a service should hold at 80% of its peak) ...
+MAX_SEND_LAG_P99_MS = 10.0
 # ... and it sent at least this share of the scheduled rate, never waiting for a connection.
 MIN_ACHIEVED_SHARE = 0.97
 DEFAULT_MAX_CONNECTIONS = 256
@@ -200,6 +201,7 @@ async def run(
     scheduled = max(1, round(rate * duration_s))
     interval = 1.0 / rate
     lags: list[float] = []
+    send_times: list[float] = []
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
     last_done = 0.0
@@ -226,6 +228,7 @@ async def run(
             done = time.perf_counter()
             if attempt == 0:
                 lags.append(sent_at - due)
+                send_times.append(sent_at)
             state.release(conn, reusable=keep_alive)
             last_done = done
             if 200 <= status < 300:
@@ -236,7 +239,6 @@ async def run(
 
     tasks: set[asyncio.Task[None]] = set()
     start = time.perf_counter() + 0.01
-    last_sent = start
     for i in range(scheduled):
         due = start + i * interval
         delay = due - time.perf_counter()
@@ -245,8 +247,6 @@ async def run(
         task = asyncio.create_task(one(i, due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        last_sent = time.perf_counter()
-    send_window = max(last_sent - start, interval)
     if tasks:
         _done, pending = await asyncio.wait(set(tasks), timeout=timeout_s)
         for task in pending:
@@ -258,8 +258,11 @@ async def run(
         with contextlib.suppress(Exception):
             conn.close()
 
-    sent = scheduled
-    achieved = (sent - 1) / send_window if sent > 1 else float(sent) / max(duration_s, 1e-9)
+    sent = len(send_times)
+    # The rate the requests actually went out at: sends over the span of the schedule
+    # (or of the actual sends, when they ran late), so falling behind lowers it.
+    window = max(scheduled * interval, max(send_times, default=start) - start + interval)
+    achieved = sent / window
     lag_ms = [x * 1000.0 for x in lags]
     lat_ms = [x * 1000.0 for x in latencies]
     lag_p99 = _pct(lag_ms, 99)

@@ -185,7 +185,7 @@ def _plan(
     """The servers to drive, in order, and the peer venvs they use."""
     plan: list[targets.Target] = []
     workers: list[int | None] = list(config.workers) if config.workers else [None]
-    for w in workers:
+    for w in workers if "service" not in config.skip else []:
         name = SERVICE if w is None else f"{SERVICE} w{w}"
         plan.append(
             targets.service(config.model_store, config.model_name, config.server_args, w, name)

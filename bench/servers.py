@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -167,15 +168,27 @@ def wait_ready(server: ServerProcess, path: str, timeout_s: float) -> None:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn shuts down gracefully), then SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.terminate()
+    """SIGTERM (servers shut down gracefully), then SIGKILL if it hangs; then the same for
+    any of its subprocesses still running (worker processes that outlived their parent)."""
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+    alive = [c for c in children if c.is_running()]
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _gone, still = psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S / 3)
+    for child in still:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def log_tail(log_file: Path, lines: int = 40) -> str:
