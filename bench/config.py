@@ -18,17 +18,23 @@ SKIPPABLE = ("service", "floor", "naive", "open-loop", "profile", *PEER_NAMES)
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """A model the bench can serve: its store name and, when missing, how to train it."""
+    """A model the bench can serve: its store name, when missing how to train it, and
+    the report file its runs rewrite by default."""
 
     name: str
     model_name: str
     train_args: tuple[str, ...]
     about: str
+    markdown: Path
 
 
 PROFILES = {
     "demo": ModelProfile(
-        "demo", "demo", ("--demo",), "the demo model (small CNN, 64x64): serving costs dominate"
+        "demo",
+        "demo",
+        ("--demo",),
+        "the demo model (small CNN, 64x64): serving costs dominate",
+        ROOT / "BENCHMARKS.md",
     ),
     "mobilenet": ModelProfile(
         "mobilenet",
@@ -51,6 +57,7 @@ PROFILES = {
             "240",
         ),
         "mobilenet_v3_small at 224x224 (weights none): the model dominates the cost",
+        ROOT / "bench" / "BENCHMARKS-mobilenet.md",
     ),
 }
 
@@ -128,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to become ready")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results", help="JSON")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="report file")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        help="report file (default BENCHMARKS.md; bench/BENCHMARKS-mobilenet.md for mobilenet)",
+    )
     p.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="tiny run: levels 1,4, 1 s, no peers")
     p.add_argument(
@@ -188,7 +199,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         start_timeout_s=args.start_timeout,
         request_timeout_s=args.request_timeout,
         results_dir=args.results_dir,
-        markdown=None if args.no_markdown else args.markdown,
+        markdown=None if args.no_markdown else (args.markdown or profile.markdown),
         server_args=shlex.split(args.server_args),
         workers=workers,
         peers=[p for p in peers if p not in skip],

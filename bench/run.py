@@ -173,7 +173,7 @@ def _model(config: Config) -> model_store.ModelVersion:
         ]
         progress(
             f"no {config.model_name} in {config.model_store}: training it first "
-            f"(about 5-15 minutes on 2 cores): {shlex.join(command)}"
+            f"(about 2-5 minutes on 2 cores): {shlex.join(command)}"
         )
         subprocess.run(command, check=True, cwd=ROOT)
     return model_store.resolve(config.model_store, config.model_name)
