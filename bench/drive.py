@@ -64,7 +64,9 @@ def measure_target(
         cpu_start = server.cpu_seconds()
         warm_rss: int | None = None
         for level in config.concurrency:
+            server.wait_idle(config.request_timeout_s)
             generator.measure(url, bodies, level, config.warmup_s)
+            server.wait_idle(config.request_timeout_s)
             if warm_rss is None:
                 warm_rss = server.rss_bytes()
             before = _batch_sizes(metrics_url)
@@ -81,7 +83,7 @@ def measure_target(
                 f"p99 {report.fmt(row.p99_ms)} ms, {row.errors} errors"
             )
         if open_loop:
-            out.open_loop = _open_loop(target.name, url, bodies, out.rows, config, out.notes)
+            out.open_loop = _open_loop(server, url, bodies, out.rows, config, out.notes)
             server.check_alive()
         if profile:
             out.profile = _profile(server, url, bodies, generator, config, work, out.notes)
@@ -94,19 +96,21 @@ def measure_target(
 
 
 def _open_loop(
-    name: str,
+    server: ServerProcess,
     url: str,
     bodies: BodySet,
     rows: list[LevelResult],
     config: Config,
     notes: list[str],
 ) -> list[OpenLoopRow]:
+    name = server.name
     peak = max((r.rps for r in rows), default=0.0)
     if peak <= 0:
         notes.append(f"{name}: no open-loop phase (no closed-loop throughput to take shares of)")
         return []
     out = []
     for share in config.open_loop_shares:
+        server.wait_idle(config.request_timeout_s)
         result = openloop.measure(
             url,
             bodies.payloads,
@@ -149,6 +153,7 @@ def _profile(
     output = work / f"{server.name}.profile.txt"
     level = config.profile_concurrency
     progress(f"{server.name}: profiling at c={level} for {config.profile_duration_s:.0f} s")
+    server.wait_idle(config.request_timeout_s)
     sampler = profiling.start(py_spy, server.process.pid, config.profile_duration_s, output)
     try:
         stats = generator.measure(url, bodies, level, config.profile_duration_s + _PROFILE_MARGIN_S)

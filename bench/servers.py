@@ -58,6 +58,21 @@ class ServerProcess:
             total += times.user + times.system
         return total
 
+    def wait_idle(self, max_s: float, busy_share: float = 0.1, step_s: float = 0.25) -> float:
+        """Wait (at most ``max_s``) until the server uses under ``busy_share`` of one core
+        over ``step_s``: requests a finished phase left in flight (its connections
+        closed, the work still queued) must not be charged to the next phase. Returns
+        the seconds waited."""
+        start = time.monotonic()
+        before = self.cpu_seconds()
+        while time.monotonic() - start < max_s:
+            time.sleep(step_s)
+            now = self.cpu_seconds()
+            if now - before < busy_share * step_s:
+                break
+            before = now
+        return time.monotonic() - start
+
     def check_alive(self) -> None:
         """Raise :class:`ServerFailed` when the process has exited."""
         if self.process.poll() is not None:
