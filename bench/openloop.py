@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -297,18 +298,10 @@ async def run(
 
 
 def measure(
-    url: str,
-    payloads: Sequence[Payload],
-    rate: float,
-    duration_s: float,
-    *,
-    timeout_s: float = 30.0,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    url: str, payloads: Sequence[Payload], rate: float, duration_s: float, **options: Any
 ) -> OpenLoopResult:
-    """:func:`run` on a fresh event loop (uvloop when installed)."""
-    coro = run(
-        url, payloads, rate, duration_s, timeout_s=timeout_s, max_connections=max_connections
-    )
+    """:func:`run` (same arguments) on a fresh event loop, uvloop's when installed."""
+    coro = run(url, payloads, rate, duration_s, **options)
     try:
         import uvloop
     except ImportError:

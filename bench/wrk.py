@@ -77,32 +77,6 @@ def executable() -> str | None:
     return shutil.which("wrk")
 
 
-def command(
-    wrk: str,
-    url: str,
-    body_list: Path,
-    content_type: str,
-    *,
-    connections: int,
-    duration_s: float,
-    threads: int = 1,
-    timeout_s: float = 60.0,
-) -> list[str]:
-    """The wrk command line for one phase."""
-    return [
-        wrk,
-        f"--threads={max(1, min(threads, connections))}",
-        f"--connections={connections}",
-        f"--duration={max(1, round(duration_s))}s",
-        f"--timeout={max(1, round(timeout_s))}s",
-        f"--script={SCRIPT}",
-        url,
-        "--",
-        str(body_list),
-        content_type,
-    ]
-
-
 def run(
     url: str,
     body_list: Path,
@@ -118,16 +92,18 @@ def run(
     binary = wrk or executable()
     if binary is None:
         raise WrkFailed("wrk is not installed")
-    argv = command(
+    argv = [
         binary,
+        f"--threads={max(1, min(threads, connections))}",
+        f"--connections={connections}",
+        f"--duration={max(1, round(duration_s))}s",
+        f"--timeout={max(1, round(timeout_s))}s",
+        f"--script={SCRIPT}",
         url,
-        body_list,
+        "--",
+        str(body_list),
         content_type,
-        connections=connections,
-        duration_s=duration_s,
-        threads=threads,
-        timeout_s=timeout_s,
-    )
+    ]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration_s + timeout_s + _GRACE_S
     )
