@@ -7,7 +7,7 @@ MODEL_STORE ?= model_store
 MODEL_NAME ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model serve train-demo test bench lint clean
+.PHONY: setup model serve train-demo test bench bench-mobilenet lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,23 @@ train-demo: setup
 test: setup
 	$(VENV)/bin/pytest -q
 
-# This service vs a naive endpoint vs the in-process limit, one after the other (about 3
-# minutes); prints the table, writes bench/results/<UTC time>.json and rewrites
-# BENCHMARKS.md. Trains the demo model first when the store lacks it. Extra options:
-# make bench BENCH_ARGS="--concurrency 1,16 --duration 5".
+# This service vs the constant-answer HTTP floor, a naive endpoint, the peers (mosec,
+# MLServer; each in its own venv under bench/.peers/, created on first use) and the
+# in-process limit, one after the other: about 8 minutes, plus the peers' venvs the first
+# time. Drives the servers with wrk when it is installed (apt-get install wrk) and says
+# loudly when it falls back to the Python generator. Prints the tables, writes
+# bench/results/<UTC time>.json and rewrites BENCHMARKS.md. Trains the demo model first
+# when the store lacks it. Extra options, e.g.:
+# make bench BENCH_ARGS="--workers 1,2 --duration 5 --peers mosec --skip naive"
 bench: model
 	$(VENV)/bin/python -m bench.run --model-store $(MODEL_STORE) --model-name $(MODEL_NAME) \
+		$(BENCH_ARGS)
+
+# The same with mobilenet_v3_small at 224x224 (weights none), where the model dominates the
+# cost; trains it first (a few minutes) when the store lacks it; writes
+# bench/BENCHMARKS-mobilenet.md.
+bench-mobilenet: setup
+	$(VENV)/bin/python -m bench.run --model-store $(MODEL_STORE) --model-profile mobilenet \
 		$(BENCH_ARGS)
 
 lint: setup

@@ -14,8 +14,8 @@ import numpy as np
 
 from service.training.demo_data import COLOURS, SHAPES, _draw
 
-DEFAULT_COUNT = 48
-DEFAULT_SIDE = 512
+DEFAULT_COUNT = 64
+DEFAULT_SIDE = 256
 JPEG_QUALITY = 90
 
 _CAPTIONS = (

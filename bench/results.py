@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.closedloop import LoadStats
 from bench.inprocess import InProcessResult
-from bench.load import PhaseStats
+from bench.openloop import OpenLoopResult
+from bench.profiling import Profile
 
 SERVICE = "service"
 NAIVE = "naive"
+FLOOR = "floor"
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,13 @@ class LevelResult:
     p95_ms: float | None
     p99_ms: float | None
     mean_batch_size: float | None
+    cpu_pct: float | None
 
     @classmethod
     def from_stats(
-        cls, target: str, stats: PhaseStats, mean_batch_size: float | None
+        cls, target: str, stats: LoadStats, mean_batch_size: float | None, cpu_s: float | None
     ) -> LevelResult:
-        """Summarise a measured phase."""
+        """Summarise a measured phase; ``cpu_s`` is the server's CPU time during it."""
         return cls(
             target=target,
             concurrency=stats.concurrency,
@@ -41,37 +45,67 @@ class LevelResult:
             error_kinds=dict(stats.error_kinds),
             elapsed_s=stats.elapsed_s,
             rps=stats.rps,
-            p50_ms=stats.percentile_ms(50),
-            p95_ms=stats.percentile_ms(95),
-            p99_ms=stats.percentile_ms(99),
+            p50_ms=stats.p50_ms,
+            p95_ms=stats.p95_ms,
+            p99_ms=stats.p99_ms,
             mean_batch_size=mean_batch_size,
+            cpu_pct=(100.0 * cpu_s / stats.elapsed_s)
+            if cpu_s is not None and stats.elapsed_s > 0
+            else None,
         )
 
 
 @dataclass(frozen=True)
+class OpenLoopRow:
+    """One server under a fixed arrival rate, a share of its closed-loop peak."""
+
+    target: str
+    share_of_peak: float
+    peak_rps: float
+    result: OpenLoopResult
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """A server sampled while driven at ``concurrency``, and what the load did meanwhile."""
+
+    target: str
+    concurrency: int
+    duration_s: float
+    rps: float
+    profile: Profile
+
+
+@dataclass(frozen=True)
 class MemoryResult:
-    """Resident memory of a server process, in MiB."""
+    """Resident memory of a server (all its processes), in MiB."""
 
     ready_mib: float
     warm_mib: float
     end_mib: float
     growth_pct: float
+    cpu_s: float
 
     @classmethod
-    def from_bytes(cls, ready: int, warm: int, end: int) -> MemoryResult:
-        """Growth is measured from after the first warm-up, when caches are filled."""
+    def from_bytes(cls, ready: int, warm: int, end: int, cpu_s: float) -> MemoryResult:
+        """Growth runs from after the first warm-up (caches filled) to the end of the
+        server's whole run (every level, open loop and profile)."""
         mib = 1024.0 * 1024.0
-        return cls(ready / mib, warm / mib, end / mib, (end - warm) / warm * 100.0)
+        return cls(ready / mib, warm / mib, end / mib, (end - warm) / warm * 100.0, cpu_s)
 
 
 @dataclass(frozen=True)
 class Ratios:
-    """How the service compares with the naive endpoint and with the in-process limit."""
+    """How each service row compares with the in-process limit and the other targets."""
 
-    service_over_naive_rps: dict[int, float | None]
-    service_over_inprocess: float | None
-    service_over_inprocess_concurrency: int | None
-    service_p50_minus_inprocess_ms: float | None
+    # service target -> the level compared with in-process batches, and the ratio.
+    over_inprocess: dict[str, tuple[int, float | None]]
+    # service target -> other target -> level -> service req/s over the other's.
+    over_targets: dict[str, dict[str, dict[int, float | None]]]
+    # service target -> level -> p99 / p50.
+    tail: dict[str, dict[int, float | None]]
+    # service target -> its p50 at concurrency 1 minus the in-process single-request p50.
+    p50_minus_inprocess_ms: dict[str, float | None]
 
 
 @dataclass
@@ -80,45 +114,77 @@ class BenchReport:
 
     timestamp: str
     command: str
+    generator: str
     model: dict[str, Any]
     inputs: dict[str, Any]
     config: dict[str, Any]
     machine: dict[str, Any]
+    targets: dict[str, str]
     rows: list[LevelResult]
     memory: dict[str, MemoryResult]
     inprocess: InProcessResult
     ratios: Ratios
-    metrics_endpoint: bool | None = None
+    open_loop: list[OpenLoopRow] = field(default_factory=list)
+    profiles: list[ProfileRow] = field(default_factory=list)
+    peers: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    metrics_endpoint: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of every figure."""
         return asdict(self)
 
+    @property
+    def service_targets(self) -> list[str]:
+        """The service's rows' names, in run order."""
+        return [t for t, kind in self.targets.items() if kind == SERVICE]
+
 
 def compute_ratios(
-    rows: list[LevelResult], inprocess: InProcessResult, compare_at: int = 32
+    rows: list[LevelResult],
+    targets: dict[str, str],
+    inprocess: InProcessResult,
+    compare_at: int = 32,
 ) -> Ratios:
-    """Service/naive throughput per level; service at ``compare_at`` (or the nearest lower
-    level measured) over in-process batches; service p50 at concurrency 1 minus the
-    in-process single-request p50."""
-    service = {r.concurrency: r for r in rows if r.target == SERVICE}
-    naive = {r.concurrency: r for r in rows if r.target == NAIVE}
-    over_naive = {
-        c: (service[c].rps / naive[c].rps if c in naive and naive[c].rps > 0 else None)
-        for c in sorted(service)
-    }
-    lower = [c for c in service if c <= compare_at]
-    level = max(lower) if lower else None
-    over_inprocess = (
-        service[level].rps / inprocess.batch_items_per_s
-        if level is not None and inprocess.batch_items_per_s > 0
-        else None
-    )
-    single = service.get(1)
-    p50_gap = (
-        single.p50_ms - inprocess.single_p50_ms
-        if single is not None and single.p50_ms is not None
-        else None
-    )
-    return Ratios(over_naive, over_inprocess, level, p50_gap)
+    """For each service target: req/s at ``compare_at`` (or the nearest lower level
+    measured) over in-process batches; req/s over every other target per level; p99/p50
+    per level; p50 at concurrency 1 minus the in-process single-request p50."""
+    by_target: dict[str, dict[int, LevelResult]] = {}
+    for r in rows:
+        by_target.setdefault(r.target, {})[r.concurrency] = r
+    services = [t for t, kind in targets.items() if kind == SERVICE and t in by_target]
+    others = [t for t in targets if targets[t] != SERVICE and t in by_target]
+    over_inprocess: dict[str, tuple[int, float | None]] = {}
+    over_targets: dict[str, dict[str, dict[int, float | None]]] = {}
+    tail: dict[str, dict[int, float | None]] = {}
+    p50_gap: dict[str, float | None] = {}
+    for s in services:
+        mine = by_target[s]
+        lower = [c for c in mine if c <= compare_at]
+        if lower:
+            level = max(lower)
+            over_inprocess[s] = (
+                level,
+                mine[level].rps / inprocess.batch_items_per_s
+                if inprocess.batch_items_per_s > 0
+                else None,
+            )
+        over_targets[s] = {
+            o: {
+                c: _ratio(mine[c].rps, by_target[o][c].rps if c in by_target[o] else None)
+                for c in sorted(mine)
+            }
+            for o in [*others, *(x for x in services if x != s)]
+        }
+        tail[s] = {c: _ratio(mine[c].p99_ms, mine[c].p50_ms) for c in sorted(mine)}
+        single = mine.get(1)
+        p50_gap[s] = (
+            single.p50_ms - inprocess.single_p50_ms
+            if single is not None and single.p50_ms is not None
+            else None
+        )
+    return Ratios(over_inprocess, over_targets, tail, p50_gap)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None

@@ -1,16 +1,17 @@
-"""``python -m bench.run``: this service vs a naive endpoint vs the in-process limit.
+"""``python -m bench.run``: this service vs the HTTP floor, a naive endpoint, peer servers
+and the in-process limit, on one machine, in one run.
 
-Starts each server in turn on 127.0.0.1 (never two at once), drives it with the async load
-generator at each concurrency level, then measures the in-process limit with no server
-running. Prints one table and the ratios, writes every figure to
-``bench/results/<UTC timestamp>.json`` and rewrites ``BENCHMARKS.md``.
-MMSERVE_* variables set by the caller reach the service (e.g. batching settings).
+Starts each server in turn on 127.0.0.1 (never two at once) and drives it with wrk
+(:mod:`bench.wrk`; the Python generator when wrk is absent, said loudly) at each
+concurrency level, then with a fixed arrival rate at shares of its peak
+(:mod:`bench.openloop`); samples the service with py-spy at load; measures the
+in-process limit with no server running. Prints one table and the ratios, writes every
+figure to ``bench/results/<UTC timestamp>.json`` and rewrites ``BENCHMARKS.md``.
+MMSERVE_* variables set by the caller reach the service.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import os
 import shlex
@@ -18,204 +19,25 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import inprocess, inputs, report
-from bench.load import Payload, client_pool, encode_multipart, run_phase
+from bench import closedloop, inprocess, inputs, peer_envs, report, targets
+from bench.bodies import encode_msgpack, encode_multipart, encode_v2_json
+from bench.config import Config, parse_config
+from bench.drive import TargetRun, measure_target, progress
 from bench.machine import machine_info
-from bench.metrics import mean_between, read_batch_sizes
-from bench.results import NAIVE, SERVICE, BenchReport, LevelResult, MemoryResult, compute_ratios
-from bench.servers import (
-    ROOT,
-    ServerFailed,
-    ServerProcess,
-    free_port,
-    naive_command,
-    running,
-    server_env,
-    service_command,
-)
+from bench.results import SERVICE, BenchReport, compute_ratios
+from bench.servers import ROOT, ServerFailed
+from bench.wrk import WrkFailed
 from service import model_store
 from service.errors import ServiceError
 
-
-@dataclass(frozen=True)
-class Defaults:
-    """What options left unset default to."""
-
-    concurrency: str
-    duration: float
-    warmup: float
-    images: int
-    repetitions: int
-
-
-FULL = Defaults("1,8,32,64", 10.0, 2.0, inputs.DEFAULT_COUNT, 200)
-QUICK = Defaults("1,4", 1.0, 0.5, 8, 20)
-
-
-@dataclass(frozen=True)
-class Config:
-    """One run's settings, after ``--quick`` and explicit options are combined."""
-
-    model_store: Path
-    model_name: str
-    concurrency: list[int]
-    duration_s: float
-    requests: int | None
-    warmup_s: float
-    images: int
-    image_side: int
-    repetitions: int
-    inprocess_duration_s: float
-    start_timeout_s: float
-    request_timeout_s: float
-    results_dir: Path
-    markdown: Path | None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; options left unset take the full (or ``--quick``) defaults."""
-    p = argparse.ArgumentParser(
-        prog="python -m bench.run",
-        description="Benchmark this service against a naive endpoint and the in-process "
-        "limit. MMSERVE_* variables reach the service.",
-    )
-    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="model store")
-    p.add_argument("--model-name", default="demo", help="model (latest version)")
-    p.add_argument("--concurrency", help="comma-separated levels (default 1,8,32,64)")
-    p.add_argument("--duration", type=float, help="measured seconds per level (default 10)")
-    p.add_argument("--requests", type=int, help="measure this many requests per level instead")
-    p.add_argument("--warmup", type=float, help="warm-up seconds per level, excluded (default 2)")
-    p.add_argument("--images", type=int, help="distinct images sent (default 48)")
-    p.add_argument("--image-side", type=int, default=inputs.DEFAULT_SIDE, help="image side, px")
-    p.add_argument("--inprocess-repetitions", type=int, help="batch-1 calls timed (default 200)")
-    p.add_argument("--inprocess-duration", type=float, help="batch-32 seconds (default duration)")
-    p.add_argument("--start-timeout", type=float, default=180.0, help="seconds to become ready")
-    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results", help="JSON")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="report file")
-    p.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
-    p.add_argument("--quick", action="store_true", help="tiny run: levels 1,4, 1 s, 8 images")
-    return p
-
-
-def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Parse ``argv`` into a :class:`Config` (exits with a usage message on bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    try:
-        levels = [int(c) for c in (args.concurrency or base.concurrency).split(",")]
-    except ValueError:
-        parser.error("--concurrency takes comma-separated integers, e.g. 1,8,32")
-    if not levels or min(levels) < 1:
-        parser.error("concurrency levels must be at least 1")
-    duration = float(args.duration if args.duration is not None else base.duration)
-    if duration <= 0 or (args.requests is not None and args.requests < 1):
-        parser.error("--duration and --requests must be positive")
-    return Config(
-        model_store=args.model_store,
-        model_name=args.model_name,
-        concurrency=levels,
-        duration_s=duration,
-        requests=args.requests,
-        warmup_s=float(args.warmup if args.warmup is not None else base.warmup),
-        images=int(args.images or base.images),
-        image_side=args.image_side,
-        repetitions=int(args.inprocess_repetitions or base.repetitions),
-        inprocess_duration_s=float(args.inprocess_duration or duration),
-        start_timeout_s=args.start_timeout,
-        request_timeout_s=args.request_timeout,
-        results_dir=args.results_dir,
-        markdown=None if args.no_markdown else args.markdown,
-    )
-
-
-async def drive(
-    server: ServerProcess,
-    predict_path: str,
-    metrics_path: str | None,
-    payloads: list[Payload],
-    config: Config,
-    fixed_batch_size: float | None = None,
-) -> tuple[list[LevelResult], MemoryResult]:
-    """Load ``server`` at each level. The mean batch size comes from ``metrics_path`` (None
-    when the server does not export it), or is ``fixed_batch_size`` without one."""
-    ready_rss = server.rss_bytes()
-    warm_rss: int | None = None
-    rows = []
-    url = server.base_url + predict_path
-    async with client_pool(max(config.concurrency), config.request_timeout_s) as clients:
-        client = clients[0]
-        for level in config.concurrency:
-            await run_phase(clients, url, payloads, level, duration_s=config.warmup_s)
-            if warm_rss is None:
-                warm_rss = server.rss_bytes()
-            metrics_url = server.base_url + metrics_path if metrics_path else None
-            before = await read_batch_sizes(client, metrics_url) if metrics_url else None
-            stats = await run_phase(
-                clients,
-                url,
-                payloads,
-                level,
-                duration_s=None if config.requests else config.duration_s,
-                max_requests=config.requests,
-            )
-            after = await read_batch_sizes(client, metrics_url) if metrics_url else None
-            server.check_alive()
-            batch = mean_between(before, after) if metrics_url else fixed_batch_size
-            row = LevelResult.from_stats(server.name, stats, batch)
-            rows.append(row)
-            _progress(
-                f"{server.name} c={level}: {row.rps:.1f} req/s, p50 {report.fmt(row.p50_ms)} "
-                f"ms, {row.errors} errors"
-            )
-    end_rss = server.rss_bytes()
-    assert warm_rss is not None
-    return rows, MemoryResult.from_bytes(ready_rss, warm_rss, end_rss)
-
-
-def measure_servers(
-    config: Config, version: model_store.ModelVersion, payloads: list[Payload], work: Path
-) -> tuple[list[LevelResult], dict[str, MemoryResult], bool]:
-    """The service, then the naive server, each stopped before the next starts. Returns
-    the rows, each server's memory, and whether the service exported batch sizes."""
-    memory: dict[str, MemoryResult] = {}
-    port = free_port()
-    _progress(f"service: starting on port {port}")
-    with running(
-        SERVICE,
-        service_command(port, config.model_store, config.model_name),
-        port,
-        "/health/ready",
-        work / "service.log",
-        env=server_env(),
-        timeout_s=config.start_timeout_s,
-    ) as server:
-        rows, memory[SERVICE] = asyncio.run(
-            drive(server, "/v1/predict", "/metrics", payloads, config)
-        )
-    port = free_port()
-    _progress(f"naive: starting on port {port}")
-    with running(
-        NAIVE,
-        naive_command(port),
-        port,
-        "/health",
-        work / "naive.log",
-        env=server_env({"BENCH_NAIVE_MODEL": str(version.path.resolve())}),
-        timeout_s=config.start_timeout_s,
-    ) as server:
-        # One request at a time through model.predict: a batch of one by construction.
-        naive_rows, memory[NAIVE] = asyncio.run(
-            drive(server, "/predict", None, payloads, config, fixed_batch_size=1.0)
-        )
-    # Without a /metrics endpoint (or its histogram) every service row reads None.
-    has_metrics = any(r.mean_batch_size is not None for r in rows)
-    return rows + naive_rows, memory, has_metrics
+_ENCODERS = {
+    targets.MULTIPART: encode_multipart,
+    targets.MSGPACK: encode_msgpack,
+    targets.V2_JSON: encode_v2_json,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,82 +45,184 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(raw_argv)
     try:
-        version = model_store.resolve(config.model_store, config.model_name)
+        version = _model(config)
         metadata = model_store.load_metadata(version.path)
-    except ServiceError as exc:
+    except (ServiceError, subprocess.SubprocessError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
+    generator, generator_note = closedloop.choose(
+        config.python_load, config.request_timeout_s, config.wrk_threads
+    )
+    progress(generator_note)
     samples = inputs.generate(config.images, config.image_side)
-    payloads = [encode_multipart(s) for s in samples]
+    notes: list[str] = []
+    if generator.name != "wrk":
+        notes.append(generator_note)
+    plan, peers = _plan(config, version.path, notes)
+    runs: dict[str, TargetRun] = {}
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as tmp:
         work = Path(tmp)
         inputs.save(samples, work / "images")
+        bodies = {
+            fmt: closedloop.body_set(fmt, [_ENCODERS[fmt](s) for s in samples], work / fmt)
+            for fmt in {t.body_format for t in plan}
+        }
         try:
-            rows, memory, has_metrics = measure_servers(config, version, payloads, work)
-            _progress("in-process: measuring")
-            limit = inprocess.run_isolated(
-                config.model_store,
-                config.model_name,
-                images=config.images,
-                image_side=config.image_side,
-                repetitions=config.repetitions,
-                duration_s=config.inprocess_duration_s,
-                warmup_s=config.warmup_s,
-                log_file=work / "inprocess.log",
-                # Loading takes as long as a server's start; then a generous second per call.
-                timeout_s=config.start_timeout_s
-                + 4 * (config.warmup_s + config.inprocess_duration_s)
-                + config.repetitions,
-            )
-        except (ServerFailed, RuntimeError, subprocess.TimeoutExpired) as exc:
+            for target in plan:
+                runs[target.name] = measure_target(
+                    target,
+                    bodies[target.body_format],
+                    generator,
+                    config,
+                    work,
+                    open_loop="open-loop" not in config.skip and target.kind in (SERVICE, "peer"),
+                    profile="profile" not in config.skip and target.kind == SERVICE,
+                )
+                notes.extend(runs[target.name].notes)
+            limit = _inprocess(config, work)
+        except (ServerFailed, WrkFailed, RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
 
+    kinds = {t.name: t.kind for t in plan}
+    rows = [row for run in runs.values() for row in run.rows]
     result = BenchReport(
         timestamp=started.isoformat(timespec="seconds"),
         command=_command_line(raw_argv),
+        generator=generator.name,
         model={
             "name": version.name,
             "version": version.version,
             "path": str(version.path.resolve()),
             "image_size": list(metadata.image_size),
             "labels": len(metadata.labels),
+            "profile": config.model_profile.name,
+            "about": config.model_profile.about,
+            "backbone": metadata.training.get("model", {}).get("backbone")
+            if isinstance(metadata.training, dict)
+            else None,
         },
         inputs={
             "count": len(samples),
             "side": config.image_side,
             "quality": inputs.JPEG_QUALITY,
             "mean_bytes": inputs.mean_bytes(samples),
+            "body_mean_bytes": {
+                fmt: sum(len(p.body) for p in b.payloads) / len(b.payloads)
+                for fmt, b in bodies.items()
+            },
         },
         config={
             "concurrency": config.concurrency,
             "duration_s": config.duration_s,
-            "requests": config.requests,
             "warmup_s": config.warmup_s,
             "inprocess_repetitions": config.repetitions,
             "inprocess_duration_s": config.inprocess_duration_s,
+            "open_loop_shares": config.open_loop_shares,
+            "open_loop_duration_s": config.open_loop_duration_s,
+            "profile_concurrency": config.profile_concurrency,
+            "profile_duration_s": config.profile_duration_s,
+            "server_args": config.server_args,
+            "workers": config.workers,
+            "wrk_threads": config.wrk_threads,
             "mmserve_env": _mmserve_env(),
         },
         machine=machine_info(),
+        targets=kinds,
         rows=rows,
-        memory=memory,
+        memory={name: run.memory for name, run in runs.items() if run.memory is not None},
         inprocess=limit,
-        ratios=compute_ratios(rows, limit),
-        metrics_endpoint=has_metrics,
+        ratios=compute_ratios(rows, kinds, limit),
+        open_loop=[o for run in runs.values() for o in run.open_loop],
+        profiles=[run.profile for run in runs.values() if run.profile is not None],
+        peers={p.name: {"label": targets.PEER_LABELS[p.name], **p.versions} for p in peers},
+        notes=notes,
+        metrics_endpoint=any(
+            r.mean_batch_size is not None for r in rows if kinds[r.target] == SERVICE
+        ),
     )
     results_file = _write_json(result, config.results_dir, started)
     print()
-    print(report.format_table(result))
-    print()
-    for line in [*report.ratio_lines(result), *report.memory_lines(result)]:
-        print(line)
+    print(report.format_text(result))
     print(f"\nresults: {results_file}")
     if config.markdown is not None:
-        shown = _relative(results_file)
-        report.write_markdown(result, config.markdown, shown)
+        report.write_markdown(result, config.markdown, _relative(results_file))
         print(f"wrote {config.markdown}")
     return 0
+
+
+def _model(config: Config) -> model_store.ModelVersion:
+    """The latest version of the configured model; the mobilenet profile's is trained
+    first when the store has none."""
+    try:
+        return model_store.resolve(config.model_store, config.model_name)
+    except ServiceError:
+        profile = config.model_profile
+        if profile.name == "demo" or config.model_name != profile.model_name:
+            raise
+    train = Path(sys.executable).parent / "mmserve-train"
+    with tempfile.TemporaryDirectory(prefix="mmserve-bench-train-") as tmp:
+        command = [
+            str(train),
+            *profile.train_args,
+            "--model-store",
+            str(config.model_store),
+            "--demo-dir",
+            str(Path(tmp) / "demo"),
+        ]
+        progress(
+            f"no {config.model_name} in {config.model_store}: training it first "
+            f"(about 2-5 minutes on 2 cores): {shlex.join(command)}"
+        )
+        subprocess.run(command, check=True, cwd=ROOT)
+    return model_store.resolve(config.model_store, config.model_name)
+
+
+def _plan(
+    config: Config, version_path: Path, notes: list[str]
+) -> tuple[list[targets.Target], list[peer_envs.PeerEnv]]:
+    """The servers to drive, in order, and the peer venvs they use."""
+    plan: list[targets.Target] = []
+    workers: list[int | None] = list(config.workers) if config.workers else [None]
+    for w in workers if "service" not in config.skip else []:
+        name = SERVICE if w is None else f"{SERVICE} w{w}"
+        plan.append(
+            targets.service(config.model_store, config.model_name, config.server_args, w, name)
+        )
+    if "floor" not in config.skip:
+        plan.append(targets.floor())
+    if "naive" not in config.skip:
+        plan.append(targets.naive(version_path))
+    peers = []
+    for name in config.peers:
+        env = peer_envs.ensure(name, progress)
+        if env is None:
+            notes.append(f"{name}: skipped (its venv could not be created)")
+            continue
+        if env.mismatches():
+            notes.append(f"{name}: versions differ from the service's: {env.mismatches()}")
+        peers.append(env)
+        plan.append(getattr(targets, name)(env, version_path))
+    return plan, peers
+
+
+def _inprocess(config: Config, work: Path) -> inprocess.InProcessResult:
+    progress("in-process: measuring")
+    return inprocess.run_isolated(
+        config.model_store,
+        config.model_name,
+        images=config.images,
+        image_side=config.image_side,
+        repetitions=config.repetitions,
+        duration_s=config.inprocess_duration_s,
+        warmup_s=config.warmup_s,
+        log_file=work / "inprocess.log",
+        # Loading takes as long as a server's start; then a generous second per call.
+        timeout_s=config.start_timeout_s
+        + 4 * (config.warmup_s + config.inprocess_duration_s)
+        + config.repetitions,
+    )
 
 
 def _write_json(result: BenchReport, folder: Path, started: datetime) -> Path:
@@ -328,10 +252,6 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def _progress(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,37 @@ class ServerProcess:
         except psutil.NoSuchProcess as exc:
             raise ServerFailed(f"{self.name} is gone:\n{log_tail(self.log_file)}") from exc
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server and its live subprocesses."""
+        try:
+            proc = psutil.Process(self.process.pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess as exc:
+            raise ServerFailed(f"{self.name} is gone:\n{log_tail(self.log_file)}") from exc
+        total = 0.0
+        for p in procs:
+            try:
+                times = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def wait_idle(self, max_s: float, busy_share: float = 0.1, step_s: float = 0.25) -> float:
+        """Wait (at most ``max_s``) until the server uses under ``busy_share`` of one core
+        over ``step_s``: requests a finished phase left in flight (its connections
+        closed, the work still queued) must not be charged to the next phase. Returns
+        the seconds waited."""
+        start = time.monotonic()
+        before = self.cpu_seconds()
+        while time.monotonic() - start < max_s:
+            time.sleep(step_s)
+            now = self.cpu_seconds()
+            if now - before < busy_share * step_s:
+                break
+            before = now
+        return time.monotonic() - start
+
     def check_alive(self) -> None:
         """Raise :class:`ServerFailed` when the process has exited."""
         if self.process.poll() is not None:
@@ -57,8 +89,15 @@ def free_port() -> int:
         return port
 
 
-def service_command(port: int, model_store: Path, model_name: str) -> list[str]:
-    """``mmserve serve`` from the running interpreter's environment."""
+def service_command(
+    port: int,
+    model_store: Path,
+    model_name: str,
+    extra_args: Sequence[str] = (),
+    workers: int | None = None,
+) -> list[str]:
+    """``mmserve serve`` from the running interpreter's environment, with ``extra_args``
+    appended and ``--workers N`` when ``workers`` is given."""
     mmserve = Path(sys.executable).parent / "mmserve"
     launcher = [str(mmserve)] if mmserve.exists() else [sys.executable, "-m", "service.main"]
     return [
@@ -72,22 +111,25 @@ def service_command(port: int, model_store: Path, model_name: str) -> list[str]:
         str(model_store),
         "--model-name",
         model_name,
+        *extra_args,
+        *(["--workers", str(workers)] if workers is not None else []),
     ]
 
 
-def naive_command(port: int) -> list[str]:
-    """uvicorn serving :mod:`bench.naive_server`."""
+def uvicorn_command(port: int, app: str) -> list[str]:
+    """uvicorn serving ``app`` (``bench.naive_server:app``, ``bench.floor_server:app``)."""
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "bench.naive_server:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--log-level",
         "warning",
+        "--no-access-log",
     ]
 
 
@@ -141,15 +183,27 @@ def wait_ready(server: ServerProcess, path: str, timeout_s: float) -> None:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn shuts down gracefully), then SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.terminate()
+    """SIGTERM (servers shut down gracefully), then SIGKILL if it hangs; then the same for
+    any of its subprocesses still running (worker processes that outlived their parent)."""
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+    alive = [c for c in children if c.is_running()]
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _gone, still = psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S / 3)
+    for child in still:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def log_tail(log_file: Path, lines: int = 40) -> str:
