@@ -22,7 +22,7 @@ MAX_TRAIN_EXAMPLES = 20000
 
 
 def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
-    """Box-filter uint8 ``[N, H, W, 3]`` images down to ``[N, side*side*3]`` float32."""
+    """Box-filter uint8 ``[N, H, W, 3]`` images down to uint8 ``[N, side*side*3]``."""
     n, h, w, c = images.shape
     rows = np.linspace(0, h, side + 1).astype(int)
     cols = np.linspace(0, w, side + 1).astype(int)
@@ -31,7 +31,7 @@ def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
         for j in range(side):
             block = images[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]]
             out[:, i, j] = block.mean(axis=(1, 2), dtype=np.float32)
-    return out.reshape(n, -1) / 255.0
+    return np.rint(out.reshape(n, -1)).astype(np.uint8)
 
 
 def fit_and_score(
@@ -59,8 +59,8 @@ def fit_and_score(
         y_test, text.predict([str(t) for t in test_texts]), n_classes
     )
     image = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    image.fit(train_thumbs, y_train)
+    image.fit(np.asarray(train_thumbs, np.float32), y_train)
     out["image_pixels_logreg"] = classification_metrics(
-        y_test, image.predict(test_thumbs), n_classes
+        y_test, image.predict(np.asarray(test_thumbs, np.float32)), n_classes
     )
     return out

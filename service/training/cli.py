@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         "version in the model store.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="manifest file (.csv or .jsonl)")
+    src.add_argument(
+        "--data",
+        type=Path,
+        help="manifest file (.csv or .jsonl), or a folder made by 'mmserve-train prepare'",
+    )
     src.add_argument("--demo", action="store_true", help="generate and train on the demo set")
     p.add_argument("--model-store", type=Path, default=Path("model_store"))
     p.add_argument(
@@ -139,6 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--data-mode",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help="keep decoded images in memory, or stream them from TFRecord shards prepared "
+        "first (auto: stream when they would take more than --stream-above-mb)",
+    )
+    p.add_argument(
+        "--stream-above-mb",
+        type=int,
+        default=1024,
+        help="decoded-pixel size above which auto streams (default 1024)",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=1024,
+        help="examples in the streaming shuffle buffer (default 1024)",
+    )
+    p.add_argument(
+        "--shards-dir",
+        type=Path,
+        default=None,
+        help="where a streamed manifest is prepared, removed after training "
+        "(default MODEL_STORE/.shards)",
+    )
+    p.add_argument(
         "--deterministic",
         action="store_true",
         help="force deterministic TensorFlow ops (slower; needed for repeatable "
@@ -152,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--demo-count", type=int, default=DEFAULT_COUNT)
     return p
+
+
+def _prepared_size(data: Path | None) -> tuple[int, int] | None:
+    """The image size a prepared folder was written at (None for a manifest)."""
+    index = data / "dataset.json" if data is not None else None
+    if index is None or not index.is_file():
+        return None
+    h, w = json.loads(index.read_text(encoding="utf-8"))["image_size"]
+    return int(h), int(w)
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,7 +215,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     defaults = {
         "backbone": "small_cnn",
         "image_weights": "none",
-        "image_size": (64, 64) if args.demo else (128, 128),
+        "image_size": (64, 64) if args.demo else _prepared_size(args.data) or (128, 128),
         "text_encoder": DEMO_TEXT_ENCODER if args.demo else DEFAULT_TEXT_ENCODER,
         # The demo's label depends on how image and text agree: a product of the two.
         "fusion": "bilinear" if args.demo else "concat",
@@ -196,9 +236,41 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def build_prepare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmserve-train prepare",
+        description="Validate and split a manifest, then write its examples as sharded "
+        "TFRecords of preprocessed pixels (decoded by the service's own function) for "
+        "streaming training: mmserve-train --data OUT.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="manifest file (.csv or .jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write")
+    p.add_argument("--image-size", type=_image_size, default=(128, 128), help="default 128")
+    p.add_argument("--seed", type=int, default=42, help="the split's seed (default 42)")
+    return p
+
+
+def prepare_main(argv: list[str]) -> int:
+    args = build_prepare_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from service.training.dataset import ManifestError
+    from service.training.shards import prepare
+
+    try:
+        out = prepare(args.data, args.out, args.image_size, args.seed, lambda m: print(m))
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"prepared {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from service.training.options import OptionError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["prepare"]:
+        return prepare_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         options = _model_options(args)
@@ -224,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or "demo"
     else:
         data = args.data
-        name = args.name or data.resolve().parent.name
+        name = args.name or (data.resolve() if data.is_dir() else data.resolve().parent).name
     config = TrainConfig(
         data=data,
         name=name,
@@ -242,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         fine_tune_epochs=args.fine_tune_epochs,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         fine_tune_layers=args.fine_tune_layers,
+        data_mode=args.data_mode,
+        stream_above_mb=args.stream_above_mb,
+        shuffle_buffer=args.shuffle_buffer,
+        shards_dir=args.shards_dir,
     )
     try:
         train(config, progress=lambda m: print(m, flush=True))

@@ -200,11 +200,11 @@ def build_text_encoder(config: ModelConfig, texts: np.ndarray) -> keras.Model:
     x = vectorize(inputs)
     x = layers.Embedding(vocab, config.embedding_dim, mask_zero=True, name="embedding")(x)
     if config.text_encoder == "lstm":
-        x = layers.LSTM(config.text_units)(x)
+        x = layers.LSTM(config.text_units, name="lstm")(x)
     elif config.text_encoder == "bilstm":
-        x = layers.Bidirectional(layers.LSTM(config.text_units))(x)
+        x = layers.Bidirectional(layers.LSTM(config.text_units), name="bilstm")(x)
     else:
-        x = layers.GRU(config.text_units)(x)
+        x = layers.GRU(config.text_units, name="gru")(x)
     return keras.Model(inputs, x, name="text_encoder")
 
 

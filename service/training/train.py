@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,12 @@ from service import model_store
 from service.inference.golden import golden_pixels
 from service.inference.preprocessing import BLANK_TEXT, blank_image, preprocess_image
 from service.training import baselines, evaluate, pipeline
-from service.training.dataset import Dataset, Progress, load_dataset
+from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
 from service.training.modeling import ModelConfig, build_model, unfreeze_top
 from service.training.options import check_combination
 
 GOLDEN_TOLERANCE = 1e-4
+DATA_MODES = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,17 @@ class TrainConfig:
     fine_tune_epochs: int = 0  # a second phase with the top of a frozen backbone unfrozen
     fine_tune_learning_rate: float = 1e-5
     fine_tune_layers: int | None = None  # None: the backbone's top block (FINE_TUNE_LAYERS)
+    data_mode: str = "auto"  # auto | memory | stream (a prepared folder always streams)
+    stream_above_mb: int = 1024  # auto streams when the decoded pixels would exceed this
+    shuffle_buffer: int = pipeline.DEFAULT_SHUFFLE_BUFFER  # streamed examples shuffled
+    shards_dir: Path | None = None  # where a streamed manifest is prepared (then removed)
 
     def to_metadata(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("data")
         out.pop("model_store")
         out.pop("name")
+        out.pop("shards_dir")
         out["model"]["image_size"] = list(self.model.image_size)
         return out
 
@@ -262,10 +272,59 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
         fine_tune_layers=config.fine_tune_layers,
         text_encoder=m.text_encoder,
     )
+    with _examples(config, progress) as ds:
+        return _train(config, ds, progress, started)
+
+
+@contextlib.contextmanager
+def _examples(config: TrainConfig, progress: Progress) -> Iterator[Dataset]:
+    """The dataset in memory, or streamed from shards (prepared here, or given prepared)."""
+    from service.training import shards
+
+    size = config.model.image_size
+    if config.data_mode not in DATA_MODES:
+        raise ValueError(f"unknown data mode {config.data_mode!r}; choose from {DATA_MODES}")
+    if shards.is_prepared(config.data):
+        if config.data_mode == "memory":
+            raise ValueError(f"{config.data} is a prepared folder: it is always streamed")
+        progress(f"streaming the prepared folder {config.data}")
+        yield shards.load_prepared(config.data, size)
+        return
+    mode = config.data_mode
+    if mode == "auto":
+        rows = len(read_manifest(config.data))
+        estimate = rows * size[0] * size[1] * 3
+        mode = "stream" if estimate > config.stream_above_mb * 2**20 else "memory"
+        progress(
+            f"{rows} images at {size[0]}x{size[1]} take {estimate / 2**20:,.0f} MB decoded: "
+            + ("streaming them from shards" if mode == "stream" else "keeping them in memory")
+        )
+    if mode == "memory":
+        yield load_dataset(
+            config.data, size, config.seed, progress, config.val_fraction, config.test_fraction
+        )
+        return
+    parent = config.shards_dir or config.model_store / ".shards"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{config.name}-", dir=parent))
+    try:
+        shards.prepare(
+            config.data,
+            folder,
+            size,
+            config.seed,
+            progress,
+            config.val_fraction,
+            config.test_fraction,
+        )
+        yield shards.load_prepared(folder, size)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float) -> TrainResult:
+    m = config.model
     size = m.image_size
-    ds = load_dataset(
-        config.data, size, config.seed, progress, config.val_fraction, config.test_fraction
-    )
     progress(
         "split: "
         + ", ".join(f"{s} {len(ds.indices(s))}" for s in ("train", "val", "test"))
@@ -275,26 +334,43 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
     if config.deterministic:
         # CPU training is already bit-for-bit repeatable for a seed; GPU kernels are not.
         tf.config.experimental.enable_op_determinism()
-    tr, va, te = (ds.indices(s) for s in ("train", "val", "test"))
+    tr, te = ds.indices("train"), ds.indices("test")
     n = len(ds.labels)
     model = build_model(m, n, ds.texts(tr))
 
-    def batches(idx: np.ndarray, **kw: Any) -> tf.data.Dataset:
+    def batches(split: str, **kw: Any) -> tf.data.Dataset:
+        if ds.images is None:
+            assert ds.shards is not None
+            return pipeline.from_shards(
+                ds.shards[split],
+                size,
+                n,
+                config.batch_size,
+                shuffle_buffer=config.shuffle_buffer,
+                **kw,
+            )
+        idx = ds.indices(split)
         return pipeline.from_memory(
             ds.images[idx], ds.texts(idx), ds.targets(idx), n, config.batch_size, **kw
         )
 
+    def thumbs(idx: np.ndarray) -> np.ndarray:
+        if ds.images is None:
+            assert ds.thumbs is not None
+            return np.asarray(ds.thumbs[idx])
+        return baselines.thumbnails(ds.images[idx])
+
     fitted = _fit(
         model,
-        batches(tr, shuffle_seed=config.seed, modality_dropout=config.modality_dropout),
-        batches(va),
+        batches("train", shuffle_seed=config.seed, modality_dropout=config.modality_dropout),
+        batches("val"),
         config,
         progress,
     )
     epochs_run = len(fitted.history["loss"])
 
     def probabilities(**kw: Any) -> np.ndarray:
-        out = model.predict(batches(te, with_targets=False, **kw), verbose=0)
+        out = model.predict(batches("test", with_targets=False, **kw), verbose=0)
         return np.asarray(out, dtype=np.float32)
 
     y_test = ds.targets(te)
@@ -307,10 +383,10 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
     progress("fitting the baselines")
     base_metrics = baselines.fit_and_score(
         ds.texts(tr),
-        baselines.thumbnails(ds.images[tr]),
+        thumbs(tr),
         ds.targets(tr),
         ds.texts(te),
-        baselines.thumbnails(ds.images[te]),
+        thumbs(te),
         y_test,
         n,
         config.seed,
@@ -372,6 +448,7 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
                 "manifest": str(config.data),
                 "split": ds.split_source,
                 "counts": ds.counts,
+                "streamed": ds.images is None,
             },
             framework={
                 "tensorflow": tf.__version__,

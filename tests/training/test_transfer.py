@@ -97,3 +97,25 @@ def test_frozen_backbone_and_fine_tune_touch_only_what_they_should(weights_file:
     assert base is not None
     norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and not {layer.name for layer in norms} & set(unfrozen)
+
+
+def test_seed_preset_builds_the_original_design(tmp_path: Path) -> None:
+    import keras
+
+    from service.training.modeling import ModelConfig, backbone_of, build_model
+    from service.training.options import apply_preset
+
+    vgg = keras.applications.VGG16(
+        input_shape=(224, 224, 3), include_top=False, weights=None, pooling="avg"
+    )
+    weights = tmp_path / "vgg16.weights.h5"
+    vgg.save_weights(weights)
+    options = apply_preset("seed", {"image_weights": str(weights)})
+    model = build_model(ModelConfig(**options), 4, np.array(["a red thing"], dtype=object))
+    assert model.input["image"].shape == (None, 224, 224, 3)
+    base = backbone_of(model)
+    assert base is not None and base.name == "vgg16" and not base.trainable_weights
+    assert model.get_layer("text_encoder").get_layer("lstm").units == 128
+    assert isinstance(model.get_layer("fusion"), keras.layers.Concatenate)
+    assert model.get_layer("hidden").units == 256
+    assert model.get_layer("probabilities").activation.__name__ == "softmax"
