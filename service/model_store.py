@@ -7,6 +7,7 @@ Layout (integer versions, highest = latest, as in TF Serving and Triton)::
         metadata.json          ModelMetadata below
         evaluation.json        per-class report, confusion matrix, ablation
         confusion_matrix.png
+        training_curves.png    loss and accuracy per epoch, the early-stopping point marked
         golden/golden.json     GoldenSet: inputs (files beside it) + the probabilities
         golden/<files>         training saw for them
         saved_model/           SavedModel export (serving_default signature), for TF Serving
@@ -37,6 +38,7 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_PLOT = "confusion_matrix.png"
+CURVES_PLOT = "training_curves.png"
 SAVED_MODEL_DIR = "saved_model"
 GOLDEN_DIR = "golden"
 GOLDEN_INDEX = "golden.json"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +59,14 @@ class Dataset:
     """Decoded examples with their split assignment."""
 
     rows: list[Row]
-    images: np.ndarray  # uint8 [N, H, W, 3], exactly what preprocessing gives
+    images: np.ndarray | None  # uint8 [N, H, W, 3] as preprocessing gives; None: streamed
     splits: np.ndarray  # str [N]: train / val / test
     labels: list[str]  # class names in output order
     fingerprint: str
     split_source: str  # "manifest" or "stratified(seed=...)"
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    shards: dict[str, list[Path]] | None = None  # per split, when streamed
+    thumbs: np.ndarray | None = None  # uint8 [N, D] baseline thumbnails, when streamed
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
@@ -245,6 +248,25 @@ def _decode_all(
     return images, digests, problems
 
 
+def split_labels(rows: list[Row], splits: np.ndarray) -> list[str]:
+    """Class names in output order: the labels of the training split, sorted."""
+    return sorted({r.label for r, s in zip(rows, splits, strict=True) if s == "train"})
+
+
+def split_counts(rows: list[Row], splits: np.ndarray) -> dict[str, dict[str, int]]:
+    return {
+        s: dict(
+            sorted(Counter(r.label for r, x in zip(rows, splits, strict=True) if x == s).items())
+        )
+        for s in SPLITS
+    }
+
+
+def fingerprint_update(h: Any, digest: str, row: Row, split: str) -> None:
+    """Add one example (image bytes' digest, text, label, split) to the dataset hash."""
+    h.update(json.dumps([digest, row.text, row.label, split]).encode())
+
+
 def load_dataset(
     path: Path,
     image_size: tuple[int, int],
@@ -260,14 +282,8 @@ def load_dataset(
     images, digests, problems = _decode_all(rows, image_size, progress)
     if problems:
         _fail(problems, f"{path} has images that cannot be used")
-    labels = sorted({r.label for r, s in zip(rows, splits, strict=True) if s == "train"})
     h = hashlib.sha256()
     for row, digest, split in zip(rows, digests, splits, strict=True):
-        h.update(json.dumps([digest, row.text, row.label, split]).encode())
-    counts = {
-        s: dict(
-            sorted(Counter(r.label for r, x in zip(rows, splits, strict=True) if x == s).items())
-        )
-        for s in SPLITS
-    }
-    return Dataset(rows, images, splits, labels, h.hexdigest(), source, counts)
+        fingerprint_update(h, digest, row, split)
+    labels = split_labels(rows, splits)
+    return Dataset(rows, images, splits, labels, h.hexdigest(), source, split_counts(rows, splits))

@@ -1,4 +1,4 @@
-"""Test-split evaluation: metrics, per-class report, confusion matrix, modality ablation."""
+"""Test-split evaluation: metrics, per-class report, ablation, baselines, plots."""
 
 from __future__ import annotations
 
@@ -89,15 +89,53 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path) -> No
     plt.close(fig)
 
 
-def summary_table(report_: dict[str, Any]) -> str:
-    """A short text table for the end of training."""
+def plot_curves(
+    history: dict[str, list[float]],
+    best_epoch: int,
+    path: Path,
+    fine_tune_from: int | None = None,
+) -> None:
+    """Save loss and accuracy per epoch (train and validation) as a PNG.
+
+    ``best_epoch`` (0-based) is the epoch whose weights early stopping kept; it is marked on
+    both panels, as is the first epoch of the fine-tune phase when there was one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + metric)
+            if values:
+                label = ("validation " if prefix else "train ") + metric
+                ax.plot(epochs[: len(values)], values, style, marker=".", label=label)
+        ax.axvline(best_epoch + 1, color="tab:red", linestyle=":", label="kept (early stopping)")
+        if fine_tune_from is not None:
+            ax.axvline(fine_tune_from + 0.5, color="grey", linestyle="-.", label="fine-tune starts")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_table(report_: dict[str, Any], baselines: dict[str, dict[str, float]]) -> str:
+    """A short text table for the end of training: the model, its ablation, the baselines."""
     rows = [("fused", report_["test"])]
     rows += [(name.replace("_", " "), m) for name, m in report_["ablation"].items()]
-    head = f"{'model':<22}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>8}"
+    rows += [(f"baseline: {name}", m) for name, m in baselines.items()]
+    head = f"{'model':<32}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>8}"
     lines = [head, "-" * len(head)]
     for name, m in rows:
         lines.append(
-            f"{name:<22}{m['accuracy']:>10.4f}{m['precision_macro']:>11.4f}"
+            f"{name:<32}{m['accuracy']:>10.4f}{m['precision_macro']:>11.4f}"
             f"{m['recall_macro']:>9.4f}{m['f1_macro']:>8.4f}"
         )
     return "\n".join(lines)

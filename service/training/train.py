@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,13 @@ import tensorflow as tf
 from service import model_store
 from service.inference.golden import golden_pixels
 from service.inference.preprocessing import BLANK_TEXT, blank_image, preprocess_image
-from service.training import evaluate
-from service.training.dataset import Dataset, Progress, load_dataset
-from service.training.modeling import ModelConfig, build_model
+from service.training import baselines, evaluate, pipeline
+from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
+from service.training.modeling import ModelConfig, build_model, unfreeze_top
+from service.training.options import check_combination
 
 GOLDEN_TOLERANCE = 1e-4
+DATA_MODES = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,20 @@ class TrainConfig:
     test_fraction: float = 0.1
     golden_count: int = 8
     deterministic: bool = False
+    fine_tune_epochs: int = 0  # a second phase with the top of a frozen backbone unfrozen
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_layers: int | None = None  # None: the backbone's top block (FINE_TUNE_LAYERS)
+    data_mode: str = "auto"  # auto | memory | stream (a prepared folder always streams)
+    stream_above_mb: int = 1024  # auto streams when the decoded pixels would exceed this
+    shuffle_buffer: int = pipeline.DEFAULT_SHUFFLE_BUFFER  # streamed examples shuffled
+    shards_dir: Path | None = None  # where a streamed manifest is prepared (then removed)
 
     def to_metadata(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("data")
         out.pop("model_store")
         out.pop("name")
+        out.pop("shards_dir")
         out["model"]["image_size"] = list(self.model.image_size)
         return out
 
@@ -61,48 +75,12 @@ class TrainResult:
     seconds: float
 
 
-def _batches(
-    images: np.ndarray,
-    texts: np.ndarray,
-    targets: np.ndarray | None,
-    batch_size: int,
-    *,
-    shuffle_seed: int | None = None,
-    modality_dropout: float = 0.0,
-) -> tf.data.Dataset:
-    """Examples as a tf.data pipeline; images stay uint8 in memory and are cast per batch."""
-    features = {"image": images, "text": np.asarray(texts, dtype=object).reshape(-1, 1)}
-    ds = tf.data.Dataset.from_tensor_slices(features if targets is None else (features, targets))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).enumerate()
-    seed = 0 if shuffle_seed is None else shuffle_seed
-
-    def prepare(step: tf.Tensor, batch: Any) -> Any:
-        x, y = batch if targets is not None else (batch, None)
-        image = tf.cast(x["image"], tf.float32)
-        text = x["text"]
-        if modality_dropout > 0:
-            # Per example: blank the image with probability p, else the text with p. The
-            # draw is stateless, keyed by the batch's position, so that parallel map calls
-            # cannot change which examples are blanked: a seed reproduces the run exactly.
-            r = tf.random.stateless_uniform(
-                [tf.shape(image)[0]], seed=tf.stack([tf.constant(seed, tf.int64), step])
-            )
-            drop_image = tf.reshape(r < modality_dropout, [-1, 1, 1, 1])
-            drop_text = tf.reshape((r >= modality_dropout) & (r < 2 * modality_dropout), [-1, 1])
-            image = tf.where(drop_image, tf.zeros_like(image), image)
-            text = tf.where(drop_text, tf.fill(tf.shape(text), BLANK_TEXT), text)
-        out = {"image": image, "text": text}
-        return out if y is None else (out, y)
-
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
 def predict(model: keras.Model, images: np.ndarray, texts: np.ndarray, batch: int) -> np.ndarray:
     """Class probabilities for in-memory examples (images uint8 or float32, 0..255)."""
-    out = model.predict(_batches(images, texts, None, batch), verbose=0)
-    return np.asarray(out, dtype=np.float32)
+    data = pipeline.from_memory(
+        images, texts, np.zeros(len(images), np.int64), 1, batch, with_targets=False
+    )
+    return np.asarray(model.predict(data, verbose=0), dtype=np.float32)
 
 
 def _golden(
@@ -156,14 +134,197 @@ def _check_reload(folder: Path, golden: model_store.GoldenSet, size: tuple[int, 
     return float(np.abs(probs - expected).max())
 
 
+def _fit_phase(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    config: TrainConfig,
+    *,
+    first_epoch: int,
+    epochs: int,
+) -> tuple[dict[str, list[float]], keras.callbacks.EarlyStopping]:
+    """One fit with early stopping on validation loss, restoring the best weights."""
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        min_delta=config.min_delta,
+        patience=config.patience,
+        restore_best_weights=True,
+    )
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + epochs,
+        callbacks=[stop],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}, stop
+
+
+def _compile(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+@dataclass
+class _Fitted:
+    history: dict[str, list[float]]
+    best_epoch: int  # 0-based, over both phases: the weights kept
+    fine_tune: dict[str, Any] | None
+
+
+def _fit(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    config: TrainConfig,
+    progress: Progress,
+) -> _Fitted:
+    """The frozen (or only) phase, then the optional fine-tune phase.
+
+    The fine-tune phase is kept only when it lowers the best validation loss; otherwise the
+    weights of the first phase are put back, so fine-tuning never makes the model worse on
+    validation than the frozen model.
+    """
+    _compile(model, config.learning_rate)
+    progress(
+        f"training {model.count_params():,} parameters "
+        f"({sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable) "
+        f"for up to {config.epochs} epochs"
+    )
+    history, stop = _fit_phase(model, train_ds, val_ds, config, first_epoch=0, epochs=config.epochs)
+    best_epoch = int(stop.best_epoch)
+    if not config.fine_tune_epochs:
+        return _Fitted(history, best_epoch, None)
+    first = len(history["loss"])
+    frozen_best = float(stop.best)
+    frozen_weights = model.get_weights()
+    unfrozen = unfreeze_top(model, config.model.backbone, config.fine_tune_layers)
+    _compile(model, config.fine_tune_learning_rate)
+    progress(
+        f"fine-tuning the top {len(unfrozen)} backbone layers ({unfrozen[0]} .. {unfrozen[-1]}) "
+        f"at learning rate {config.fine_tune_learning_rate:g} for up to "
+        f"{config.fine_tune_epochs} epochs"
+    )
+    more, tune_stop = _fit_phase(
+        model, train_ds, val_ds, config, first_epoch=first, epochs=config.fine_tune_epochs
+    )
+    for key, values in more.items():
+        history.setdefault(key, []).extend(values)
+    kept = float(tune_stop.best) < frozen_best
+    if kept:
+        best_epoch = int(tune_stop.best_epoch)
+    else:
+        model.set_weights(frozen_weights)
+        progress("fine-tuning did not lower the validation loss: the frozen model is kept")
+    return _Fitted(
+        history,
+        best_epoch,
+        {
+            "first_epoch": first,
+            "layers": unfrozen,
+            "kept": kept,
+            "val_loss_frozen": frozen_best,
+            "val_loss_fine_tuned": float(tune_stop.best),
+        },
+    )
+
+
+def _image_preprocessing(backbone: str) -> str:
+    return {
+        "small_cnn": "Rescaling(1/255)",
+        "mobilenet_v3_small": "MobileNetV3 include_preprocessing: x/127.5 - 1",
+        "efficientnet_b0": "EfficientNet Rescaling(1/255) + ImageNet Normalization",
+        "vgg16": "caffe: RGB -> BGR minus the ImageNet means (a frozen 1x1 convolution)",
+    }[backbone]
+
+
+def _text_preprocessing(model: ModelConfig) -> dict[str, Any]:
+    common = {"standardize": "lower_and_strip_punctuation", "vocab_size": model.vocab_size}
+    if model.text_encoder == "ngrams":
+        return {
+            "in_graph": "TextVectorization n-gram bags",
+            "char_ngrams": [2, model.char_ngrams] if model.char_ngrams else None,
+            "word_ngrams": [1, model.word_ngrams] if model.word_ngrams else None,
+            "weighting": model.ngram_weighting,
+            **common,
+        }
+    return {
+        "in_graph": "TextVectorization",
+        "sequence_length": model.sequence_length,
+        **common,
+    }
+
+
 def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
     """Run the whole pipeline and publish a new version; nothing is published on failure."""
     started = time.monotonic()
     model_store.validate_name(config.name)
-    size = config.model.image_size
-    ds = load_dataset(
-        config.data, size, config.seed, progress, config.val_fraction, config.test_fraction
+    m = config.model
+    check_combination(
+        backbone=m.backbone,
+        image_weights=m.image_weights,
+        freeze_backbone=m.freeze_backbone,
+        fine_tune_epochs=config.fine_tune_epochs,
+        fine_tune_layers=config.fine_tune_layers,
+        text_encoder=m.text_encoder,
     )
+    with _examples(config, progress) as ds:
+        return _train(config, ds, progress, started)
+
+
+@contextlib.contextmanager
+def _examples(config: TrainConfig, progress: Progress) -> Iterator[Dataset]:
+    """The dataset in memory, or streamed from shards (prepared here, or given prepared)."""
+    from service.training import shards
+
+    size = config.model.image_size
+    if config.data_mode not in DATA_MODES:
+        raise ValueError(f"unknown data mode {config.data_mode!r}; choose from {DATA_MODES}")
+    if shards.is_prepared(config.data):
+        if config.data_mode == "memory":
+            raise ValueError(f"{config.data} is a prepared folder: it is always streamed")
+        progress(f"streaming the prepared folder {config.data}")
+        yield shards.load_prepared(config.data, size)
+        return
+    mode = config.data_mode
+    if mode == "auto":
+        rows = len(read_manifest(config.data))
+        estimate = rows * size[0] * size[1] * 3
+        mode = "stream" if estimate > config.stream_above_mb * 2**20 else "memory"
+        progress(
+            f"{rows} images at {size[0]}x{size[1]} take {estimate / 2**20:,.0f} MB decoded: "
+            + ("streaming them from shards" if mode == "stream" else "keeping them in memory")
+        )
+    if mode == "memory":
+        yield load_dataset(
+            config.data, size, config.seed, progress, config.val_fraction, config.test_fraction
+        )
+        return
+    parent = config.shards_dir or config.model_store / ".shards"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{config.name}-", dir=parent))
+    try:
+        shards.prepare(
+            config.data,
+            folder,
+            size,
+            config.seed,
+            progress,
+            config.val_fraction,
+            config.test_fraction,
+        )
+        yield shards.load_prepared(folder, size)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float) -> TrainResult:
+    m = config.model
+    size = m.image_size
     progress(
         "split: "
         + ", ".join(f"{s} {len(ds.indices(s))}" for s in ("train", "val", "test"))
@@ -173,49 +334,63 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
     if config.deterministic:
         # CPU training is already bit-for-bit repeatable for a seed; GPU kernels are not.
         tf.config.experimental.enable_op_determinism()
-    tr, va, te = (ds.indices(s) for s in ("train", "val", "test"))
+    tr, te = ds.indices("train"), ds.indices("test")
     n = len(ds.labels)
-    onehot = np.eye(n, dtype=np.float32)
-    model = build_model(config.model, n, ds.texts(tr))
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
+    model = build_model(m, n, ds.texts(tr))
+
+    def batches(split: str, **kw: Any) -> tf.data.Dataset:
+        if ds.images is None:
+            assert ds.shards is not None
+            return pipeline.from_shards(
+                ds.shards[split],
+                size,
+                n,
+                config.batch_size,
+                shuffle_buffer=config.shuffle_buffer,
+                **kw,
+            )
+        idx = ds.indices(split)
+        return pipeline.from_memory(
+            ds.images[idx], ds.texts(idx), ds.targets(idx), n, config.batch_size, **kw
+        )
+
+    def thumbs(idx: np.ndarray) -> np.ndarray:
+        if ds.images is None:
+            assert ds.thumbs is not None
+            return np.asarray(ds.thumbs[idx])
+        return baselines.thumbnails(ds.images[idx])
+
+    fitted = _fit(
+        model,
+        batches("train", shuffle_seed=config.seed, modality_dropout=config.modality_dropout),
+        batches("val"),
+        config,
+        progress,
     )
-    train_ds = _batches(
-        ds.images[tr],
-        ds.texts(tr),
-        onehot[ds.targets(tr)],
-        config.batch_size,
-        shuffle_seed=config.seed,
-        modality_dropout=config.modality_dropout,
-    )
-    val_ds = _batches(ds.images[va], ds.texts(va), onehot[ds.targets(va)], config.batch_size)
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss",
-        min_delta=config.min_delta,
-        patience=config.patience,
-        restore_best_weights=True,
-    )
-    progress(f"training {model.count_params():,} parameters for up to {config.epochs} epochs")
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        callbacks=[stop],
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    epochs_run = len(history.history["loss"])
+    epochs_run = len(fitted.history["loss"])
+
+    def probabilities(**kw: Any) -> np.ndarray:
+        out = model.predict(batches("test", with_targets=False, **kw), verbose=0)
+        return np.asarray(out, dtype=np.float32)
 
     y_test = ds.targets(te)
-    test_texts = ds.texts(te)
-    probs = predict(model, ds.images[te], test_texts, config.batch_size)
-    blank_texts = np.full(len(te), BLANK_TEXT, dtype=object)
+    probs = probabilities()
     ablation = {
-        "image_only": predict(model, ds.images[te], blank_texts, config.batch_size),
-        "text_only": predict(model, np.zeros_like(ds.images[te]), test_texts, config.batch_size),
+        "image_only": probabilities(blank="text"),
+        "text_only": probabilities(blank="image"),
     }
     report = evaluate.report(y_test, probs, ds.labels, ablation)
+    progress("fitting the baselines")
+    base_metrics = baselines.fit_and_score(
+        ds.texts(tr),
+        thumbs(tr),
+        ds.targets(tr),
+        ds.texts(te),
+        thumbs(te),
+        y_test,
+        n,
+        config.seed,
+    )
 
     with model_store.staging(config.model_store, config.name) as staged:
         model.save(staged / model_store.MODEL_FILE)
@@ -227,9 +402,17 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
         if drift > GOLDEN_TOLERANCE:
             raise RuntimeError(f"the saved model.keras differs from training by {drift:.2e}")
         model.export(str(staged / model_store.SAVED_MODEL_DIR), verbose=False)
-        model_store.write_json(staged / model_store.EVALUATION_FILE, report)
+        model_store.write_json(
+            staged / model_store.EVALUATION_FILE, {**report, "baselines": base_metrics}
+        )
         evaluate.plot_confusion(
             report["confusion_matrix"]["matrix"], ds.labels, staged / model_store.CONFUSION_PLOT
+        )
+        evaluate.plot_curves(
+            fitted.history,
+            fitted.best_epoch,
+            staged / model_store.CURVES_PLOT,
+            fine_tune_from=fitted.fine_tune["first_epoch"] if fitted.fine_tune else None,
         )
         metadata = model_store.ModelMetadata(
             name=config.name,
@@ -243,27 +426,29 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
                     "resize": "stretch to image_size, bilinear",
                     "dtype": "float32",
                     "range": [0, 255],
+                    "in_graph": _image_preprocessing(m.backbone),
                     "blank": "all zeros",
                 },
-                "text": {
-                    "in_graph": "TextVectorization",
-                    "standardize": "lower_and_strip_punctuation",
-                    "vocab_size": config.model.vocab_size,
-                    "sequence_length": config.model.sequence_length,
-                    "blank": BLANK_TEXT,
-                },
+                "text": {**_text_preprocessing(m), "blank": BLANK_TEXT},
             },
-            metrics={"test": report["test"], "ablation": report["ablation"]},
+            metrics={
+                "test": report["test"],
+                "ablation": report["ablation"],
+                "baselines": base_metrics,
+            },
             training={
                 **config.to_metadata(),
                 "epochs_run": epochs_run,
-                "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                "best_epoch": fitted.best_epoch + 1,
+                "fine_tune": fitted.fine_tune,
+                "history": fitted.history,
             },
             dataset={
                 "fingerprint": ds.fingerprint,
                 "manifest": str(config.data),
                 "split": ds.split_source,
                 "counts": ds.counts,
+                "streamed": ds.images is None,
             },
             framework={
                 "tensorflow": tf.__version__,
@@ -273,13 +458,18 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
                 "python": platform.python_version(),
             },
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            plots={
+                "confusion_matrix": model_store.CONFUSION_PLOT,
+                "training_curves": model_store.CURVES_PLOT,
+            },
         )
         model_store.write_json(staged / model_store.METADATA_FILE, metadata.model_dump(mode="json"))
         version = model_store.publish(config.model_store, config.name, staged)
     elapsed = time.monotonic() - started
-    progress(f"\n{evaluate.summary_table(report)}\n")
+    progress(f"\n{evaluate.summary_table(report, base_metrics)}\n")
+    progress(f"training curves: {version.path / model_store.CURVES_PLOT}")
     progress(
         f"published {config.name} version {version.version} at {version.path} "
-        f"({epochs_run} epochs, {elapsed:.0f}s)"
+        f"({epochs_run} epochs, best {fitted.best_epoch + 1}, {elapsed:.0f}s)"
     )
     return TrainResult(version, report, elapsed)

@@ -33,6 +33,7 @@ def test_artifact_layout_and_metadata(trained_store: Path) -> None:
         "metadata.json",
         "evaluation.json",
         "confusion_matrix.png",
+        "training_curves.png",
         "golden/golden.json",
         "saved_model/saved_model.pb",
     ):
@@ -44,6 +45,18 @@ def test_artifact_layout_and_metadata(trained_store: Path) -> None:
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
         assert 0.0 <= meta["metrics"]["test"][key] <= 1.0
     assert set(meta["metrics"]["ablation"]) == {"image_only", "text_only"}
+    assert set(meta["metrics"]["baselines"]) == {
+        "majority",
+        "text_tfidf_logreg",
+        "image_pixels_logreg",
+    }
+    for m in meta["metrics"]["baselines"].values():
+        assert 0.0 <= m["accuracy"] <= 1.0
+    assert meta["plots"] == {
+        "confusion_matrix": "confusion_matrix.png",
+        "training_curves": "training_curves.png",
+    }
+    assert 1 <= meta["training"]["best_epoch"] <= meta["training"]["epochs_run"]
     assert len(meta["dataset"]["fingerprint"]) == 64
     assert sum(meta["dataset"]["counts"]["test"].values()) > 0
     assert {"tensorflow", "keras"} <= set(meta["framework"])
@@ -51,7 +64,8 @@ def test_artifact_layout_and_metadata(trained_store: Path) -> None:
     report = json.loads((v.path / "evaluation.json").read_text())
     matrix = np.array(report["confusion_matrix"]["matrix"])
     assert matrix.shape == (6, 6) and matrix.sum() == report["examples"]
-    assert (v.path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    for plot in meta["plots"].values():
+        assert (v.path / plot).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_golden_set_covers_every_class_and_both_blank_paths(trained_store: Path) -> None:
