@@ -39,7 +39,7 @@ def _bodies(count: int = 64, side: int = 256) -> list[bytes]:
     for sample in generate(count, side):
         body = (
             (
-                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; '
                 f'filename="{sample.filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
             ).encode()
             + sample.image
@@ -90,7 +90,9 @@ async def _exchange(
     return status, headers.get("connection") != "close", "retry-after" in headers
 
 
-async def _closed_loop(port: int, requests: list[bytes], until: float, tally: Tally, i: int) -> None:
+async def _closed_loop(
+    port: int, requests: list[bytes], until: float, tally: Tally, i: int
+) -> None:
     reader = writer = None
     n = i
     while time.monotonic() < until:
@@ -125,7 +127,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-async def closed_loop(port: int, connections: int, seconds: float, pid: int | None) -> dict[str, object]:
+async def closed_loop(
+    port: int, connections: int, seconds: float, pid: int | None
+) -> dict[str, object]:
     requests = _bodies()
     tally = Tally()
     cpu0 = _tree_cpu(pid) if pid else 0.0
@@ -174,7 +178,7 @@ async def trickle(port: int, connections: int, seconds: float) -> dict[str, obje
     n = 0
     while time.monotonic() < until:
         t = time.perf_counter()
-        status, keep, _ = await _exchange(reader, writer, requests[n % len(requests)])
+        status, _, _ = await _exchange(reader, writer, requests[n % len(requests)])
         normal.append((time.perf_counter() - t) * 1000)
         assert status == 200, status
         n += 1
