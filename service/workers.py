@@ -82,7 +82,7 @@ def run_workers(settings: Settings) -> int:
     metrics_dir = given_dir or tempfile.mkdtemp(prefix="mmserve-metrics-")
     for stale in Path(metrics_dir).glob("*.db"):  # a previous run's samples
         stale.unlink()
-    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+    os.environ[MULTIPROC_DIR_ENV] = metrics_dir  # inherited by the workers
     context = multiprocessing.get_context("spawn")
     states = context.RawArray("b", settings.workers)
     worker_settings = _per_worker(settings)
@@ -119,6 +119,7 @@ def run_workers(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not given_dir:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
