@@ -20,10 +20,11 @@ import httpx
 import msgpack
 import pytest
 
-from bench import closedloop, inputs, openloop, profiling, run, wrk
+from bench import acceptance, closedloop, inputs, openloop, profiling, report, run, wrk
 from bench.bodies import encode_msgpack, encode_multipart, encode_v2_json
 from bench.config import parse_config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
+from bench.results import BenchReport, LevelResult
 from bench.targets import MULTIPART
 from tests.bench.local_server import local_server
 
@@ -234,3 +235,38 @@ def test_quick_benchmark_measures_every_row(trained_store: Path, tmp_path: Path)
     assert result["memory"]["service"]["end_mib"] > 0
     assert result["model"] == {**result["model"], "name": "tiny", "version": 1}
     assert "service" in done.stdout and "in-process" in done.stdout and "floor" in done.stdout
+    # The results file alone is enough to print the report again.
+    assert "capacity targets:" in report.format_text(BenchReport.from_json(result))
+
+
+def _level(target: str, concurrency: int, rps: float, p50: float, p99: float) -> LevelResult:
+    return LevelResult(target, concurrency, int(rps), 0, {}, 1.0, rps, p50, p50, p99, None, None)
+
+
+def test_capacity_targets_are_read_as_ratios_within_the_run() -> None:
+    rows = [
+        _level("service", 1, 300, 4, 6),
+        _level("service", 32, 900, 30, 120),
+        _level("service", 64, 950, 60, 150),
+        _level("mosec", 1, 60, 17, 20),
+        _level("mosec", 32, 1000, 25, 50),
+        _level("mosec", 64, 900, 50, 60),
+    ]
+    report = BenchReport(
+        **dict.fromkeys(("timestamp", "command", "generator"), ""),
+        **{key: {} for key in ("model", "inputs", "config", "machine", "memory")},
+        targets={"service": "service", "mosec": "peer"},
+        rows=rows,
+        inprocess=None,  # type: ignore[arg-type]
+        ratios=None,  # type: ignore[arg-type]
+    )
+    found = {c.target: c.met for c in acceptance.checks(report, "service")}
+    assert found == {
+        "c=32: >= 1x mosec's throughput": False,
+        "c=64: >= 1x mosec's throughput": True,
+        "c=1: >= 1.3x mosec's throughput": True,
+        "c=32: p99 <= 3x p50": False,
+        "c=64: p99 <= 3x p50": True,
+        "throughput at c=64 >= at c=32": True,
+        "0 errors at every level": True,
+    }
