@@ -145,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios=compute_ratios(rows, kinds, limit),
         open_loop=[o for run in runs.values() for o in run.open_loop],
         profiles=[run.profile for run in runs.values() if run.profile is not None],
-        peers={p.name: {"label": targets.PEER_LABELS[p.name], **p.versions} for p in peers},
+        peers={
+            p.name: {"label": targets.PEER_LABELS[p.name], **p.versions}
+            for p in peers
+            if p.name in runs
+        },
         notes=notes,
         metrics_endpoint=any(
             r.mean_batch_size is not None for r in rows if kinds[r.target] == SERVICE
