@@ -26,6 +26,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _errors(count: int, kinds: dict[str, int]) -> str:
+    if not count:
+        return "0"
+    return f"{count} (" + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + ")"
+
+
 def _times(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
@@ -125,7 +131,7 @@ def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], list[tuple[str
                 fmt(r.p90_ms),
                 fmt(r.p99_ms),
                 fmt(r.max_ms),
-                str(r.errors),
+                _errors(r.errors, r.error_kinds),
                 f"{r.throughput_rps:.1f}",
             )
         )

@@ -165,7 +165,8 @@ def test_profile_reduces_to_own_and_total_shares() -> None:
         [
             "main (app.py:1);loop (app.py:5);decode (img.py:10) 6",
             "main (app.py:1);loop (app.py:5);decode (img.py:12) 2",
-            "main (app.py:1);loop (app.py:5);respond (http.py:3) 2",
+            'process 7:"python -c from x import y; y()";main (app.py:1);loop (app.py:5);'
+            "respond (http.py:3) 2",
         ]
     )
     profile = profiling.reduce(raw)
