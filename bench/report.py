@@ -304,11 +304,13 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         else "not available (no `mmserve_batch_size` histogram at `/metrics`)"
     )
     side_header, side_rows = side_by_side(report)
+    demo = model.get("profile", "demo") == "demo"
     lines = [
-        "# Benchmarks",
+        "# Benchmarks" if demo else f"# Benchmarks: the {model['profile']} profile",
         "",
-        "Written by `make bench` (`python -m bench.run`); do not edit by hand. Raw figures of "
-        f"this run: `{results_file}` (results are git-ignored).",
+        f"Written by `make {'bench' if demo else 'bench-' + model['profile']}` (`python -m "
+        "bench.run`); do not edit by hand. Raw figures of this run: "
+        f"`{results_file}` (results are git-ignored).",
         "",
         f"Measured on {report.timestamp} on {machine['cpu_count']} CPUs "
         f"({machine['cpu_model']}), {machine['ram_total_bytes'] / 1024**3:.1f} GiB RAM; "
