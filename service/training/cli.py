@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--distribute",
+        choices=("none", "mirrored"),
+        default="none",
+        help="mirrored: train on every GPU of this machine with MirroredStrategy "
+        "(--batch-size is the global batch, split between them)",
+    )
+    p.add_argument(
         "--data-mode",
         choices=("auto", "memory", "stream"),
         default="auto",
@@ -318,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         stream_above_mb=args.stream_above_mb,
         shuffle_buffer=args.shuffle_buffer,
         shards_dir=args.shards_dir,
+        distribute=args.distribute,
     )
     try:
         train(config, progress=lambda m: print(m, flush=True))
