@@ -244,10 +244,11 @@
     $("model-choice").hidden = $("model-field").hidden && $("version-field").hidden && $("label-field").hidden;
   }
 
-  // The entry the selectors point at: the model, at the chosen label's or version's number.
+  // The entry the selectors point at: the model, at the chosen label's or version's number
+  // (none chosen: the highest version listed, what an unpinned request gets by default).
   function selected() {
     const name = $("model").value;
-    const entries = entriesOf(name);
+    const entries = entriesOf(name).sort((a, b) => b.version - a.version);
     const label = $("version-label").value;
     const labelled = label ? versionLabelsOf(name)[label] : undefined;
     const wanted = labelled !== undefined ? Number(labelled) : Number($("version").value || NaN);
