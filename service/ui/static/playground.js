@@ -114,6 +114,10 @@
         return err.message;
       case 401:
         return "The service needs a valid API key (401). Enter it above and try again.";
+      case 400:
+        return err.code === "invalid_image"
+          ? `Not an image the service can read (400 invalid_image): ${err.message}`
+          : `${err.message} (${err.status} ${err.code})`;
       case 413:
         return `Too large (413): ${err.message}`;
       case 415:
@@ -478,6 +482,12 @@
     $(id).hidden = url === null;
   }
 
+  // A class name that may wrap after its underscores on a narrow screen.
+  const breakable = (text) =>
+    String(text)
+      .split(/(?<=_)/)
+      .flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
+
   const num = (value) =>
     el("td", { "data-value": String(value), text: typeof value === "number" ? value.toFixed(4) : "–" });
 
@@ -572,7 +582,7 @@
     ]);
     const body = Object.entries(perClass).map(([label, values]) =>
       el("tr", { "data-row": label }, [
-        el("th", { scope: "row", text: label }),
+        el("th", { scope: "row" }, breakable(label)),
         ...columns.map(([key]) => {
           const value = values[key];
           const cell = key === "support" ? el("td", { "data-value": String(value), text: String(value) }) : num(value);
