@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
 from service.app import create_app, load_classifier
 from service.settings import Settings
+from tests.e2e.test_real_model import post_predict
 from tests.support.browser import opened, screenshot
 from tests.support.live import free_port, serving
 
@@ -108,15 +108,6 @@ def bars(page: Page) -> list[dict[str, Any]]:
     return rows
 
 
-def api_predict(url: str, image: Path, text: str) -> httpx.Response:
-    return httpx.post(
-        f"{url}/v1/predict",
-        files={"image": (image.name, image.read_bytes())},
-        data={"text": text},
-        timeout=30,
-    )
-
-
 def test_the_bars_equal_the_api_and_nothing_leaves_the_origin(
     browser: Browser, served: str, example: tuple[Path, str]
 ) -> None:
@@ -133,7 +124,7 @@ def test_the_bars_equal_the_api_and_nothing_leaves_the_origin(
         screenshot(page, "playground-1280x800")
         answer_line = page.text_content("#answer") or ""
 
-    body = api_predict(served, image, text).json()
+    body = post_predict(served, image, text).json()
     expected = body["predictions"]  # most probable first
     assert [b["label"] for b in shown] == [p["label"] for p in expected]
     for bar, prediction in zip(shown, expected, strict=True):
@@ -155,7 +146,7 @@ def test_a_file_that_is_no_image_shows_the_service_error(
 ) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"these are notes, not a picture")
-    refusal = api_predict(served, notes, "a caption")
+    refusal = post_predict(served, notes, "a caption")
     assert refusal.status_code == 400
     error = refusal.json()["error"]
 
@@ -336,4 +327,4 @@ def test_drop_and_paste_take_an_image(
             page.fill("#text", text)
             page.click("#submit")
             page.wait_for_selector("#result:not([hidden])")
-            assert bars(page)[0]["label"] == api_predict(served, image, text).json()["label"]
+            assert bars(page)[0]["label"] == post_predict(served, image, text).json()["label"]
