@@ -33,6 +33,7 @@ from service.logging_setup import configure_logging
 from service.metrics import BatchMetrics, publish_model
 from service.model_store import ModelVersion
 from service.settings import Settings
+from service.ui import ui_router
 from service.worker_state import READY, WorkerGroup
 
 log = logging.getLogger("mmserve.app")
@@ -114,6 +115,7 @@ def create_app(
     install_admission_control(app)  # before the body limit: refusals read no body
     install_observability(app)  # last: the outermost middleware
     app.include_router(api_router())
+    app.include_router(ui_router())  # the page answers 404 when settings.ui is off
     return app
 
 

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         "before they are cancelled; also how long an old model version serves its requests "
         "after a reload before it is closed.",
     )
+    ui: bool = Field(
+        True,
+        description="Serve the playground and model card page at `/` (`/ui/`): plain HTML, "
+        "CSS and JavaScript that call the public API from the browser. false: the page and "
+        "its files answer 404; the API, artifact files route included, is unchanged.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
