@@ -2,10 +2,10 @@
 
 The supervisor (the process the user started) checks that the port is free, then starts
 N worker processes, each listening on the port with ``SO_REUSEPORT`` once its model is
-ready: the kernel spreads new connections evenly over them (a single shared socket measured badly unbalanced: the
-least busy worker takes most connections, and keeps them). Each worker loads and verifies
-its own copy of the model and runs its own batcher, so N workers use up to N cores' worth
-of Python.
+ready: the kernel spreads new connections evenly over them (one shared socket measured
+badly unbalanced: the least busy worker takes most connections, and keeps them). Each
+worker loads and verifies its own copy of the model and runs its own batcher, so N workers
+use up to N cores' worth of Python.
 
     supervisor ── starts and watches the workers, no TensorFlow
       ├── worker 0 ── app + model + batcher
