@@ -90,6 +90,8 @@ def run_workers(settings: Settings) -> int:
 
     def on_stop(sig: int, frame: FrameType | None) -> None:
         stop.append(sig)
+        for worker in workers:  # at once: readiness must turn 503 now, not at the next poll
+            _signal(worker.process, signal.SIGTERM)
 
     def on_reload(sig: int, frame: FrameType | None) -> None:
         for worker in workers:

@@ -26,6 +26,7 @@ from tests.e2e.test_real_model import (
     server_env,
     wait_until_ready,
 )
+from tests.e2e.test_reload_shutdown import SlowUpload, in_flight, multipart, poll, probe
 
 pytestmark = pytest.mark.slow
 
@@ -146,26 +147,26 @@ def test_two_workers_serve_as_one(trained_store: Path, tmp_path: Path) -> None:
             assert len(replaced) == 2 and victim.pid not in {w.pid for w in replaced}
 
             # SIGTERM drains both workers: requests in flight are answered, status 0.
-            results: list[int] = []
-
-            def send() -> None:
-                try:
-                    results.append(_predict(url, image, text).status_code)
-                except httpx.ConnectError:
-                    results.append(0)  # the port was already closed: nothing was lost
-
-            senders = [threading.Thread(target=send) for _ in range(8)]
+            content_type, body = multipart(image.read_bytes(), text)
+            release = threading.Event()
+            uploads = [SlowUpload(port, content_type, body, release) for _ in range(8)]
+            senders = [threading.Thread(target=upload.run) for upload in uploads]
             for sender in senders:
                 sender.start()
-            supervisor.send_signal(signal.SIGTERM)
-            for sender in senders:
-                sender.join(60)
+            try:
+                poll(lambda: in_flight(url) == 8, "8 requests in flight across the workers")
+                supervisor.send_signal(signal.SIGTERM)
+                late = probe(url, "GET", "/health/ready")
+            finally:
+                release.set()
+                for sender in senders:
+                    sender.join(60)
             assert supervisor.wait(60) == 0, log_file.read_text()
         finally:
             if supervisor.poll() is None:
                 supervisor.kill()
                 supervisor.wait(30)
-    # Requests sent once the drain began may be refused (503) or find the port closed;
-    # none fails otherwise.
-    assert len(results) == 8 and set(results) <= {200, 503, 0}, results
+    assert late in (503, None)  # draining: not ready, or the port already closed
+    for upload in uploads:
+        assert upload.error is None and upload.status == 200, (upload.error, upload.answer)
     assert not any(psutil.pid_exists(w.pid) for w in replaced)
