@@ -16,9 +16,9 @@ from pydantic import ValidationError
 # TensorFlow's C++ INFO/WARNING lines (CPU instruction sets, CUDA probing) are noise here.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from service.app import create_app
-from service.predict_cli import add_predict_command, run_predict
-from service.settings import Settings
+from service.client.cli import add_predict_command, run_predict
+from service.serving.app import create_app
+from service.serving.settings import Settings
 
 app = create_app()
 
@@ -88,10 +88,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 def _serve(settings: Settings) -> int:
     if settings.workers > 1:
-        from service import workers
+        from service.serving import workers
 
         return workers.run_workers(settings)
-    from service import server
+    from service.serving import server
 
     return server.run_server(create_app(settings), settings)
 

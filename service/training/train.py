@@ -20,8 +20,8 @@ import PIL
 import tensorflow as tf
 
 from service import model_store
-from service.inference.golden import golden_pixels
-from service.inference.preprocessing import BLANK_TEXT, blank_image, preprocess_image
+from service.preprocessing import BLANK_TEXT, blank_image, preprocess_image
+from service.serving.inference.golden import golden_pixels
 from service.training import baselines, evaluate, pipeline
 from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
 from service.training.modeling import ModelConfig, build_model, unfreeze_top

@@ -12,9 +12,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import GREEN, FakeClassifier, assert_serves, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, FakeClassifier, assert_serves, image_bytes
 
 
 class GatedFake(FakeClassifier):

@@ -16,11 +16,11 @@ import numpy as np
 import psutil
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.inference.classifier import Classifier
 from service.model_store import ModelVersion
-from service.settings import Settings
-from tests.api.fakes import GREEN, LABELS, FakeClassifier, image_bytes
+from service.serving.app import create_app
+from service.serving.inference.classifier import Classifier
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, LABELS, FakeClassifier, image_bytes
 
 SOAK_REQUESTS = 2000
 SOAK_RELOADS = 10

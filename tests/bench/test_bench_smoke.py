@@ -25,7 +25,7 @@ from bench.bodies import encode_msgpack, encode_multipart, encode_v2_json
 from bench.config import parse_config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
 from bench.targets import MULTIPART
-from tests.bench.local_server import local_server
+from tests.support.bench_server import local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

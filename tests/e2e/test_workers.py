@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_real_model import (
+from tests.support.servers import (
     ROOT,
     cli_server_command,
     copy_store,
