@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.model_store import GoldenExample
 
 # Pillow's own guard would raise at 2x its limit; we check explicitly against our own.
 Image.MAX_IMAGE_PIXELS = None
 
-# Formats the decoder accepts (detected from the content, never the file name).
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+"""Image formats the decoder supports (Pillow's names), detected from the content."""
+
+SUPPORTED_FORMATS: frozenset[str] = frozenset(get_args(ImageFormat))
+
+GOLDEN_TOLERANCE = 1e-4
+"""Largest probability difference between the served path and the golden examples
+training recorded: the trainer checks its artifact against it, the server its start-up."""
 
 _WHITE = (255, 255, 255, 255)
 _ORIENTATION = 0x0112  # EXIF tag; exif_transpose copies the image even when it is upright
@@ -100,6 +109,14 @@ def blank_image(size: tuple[int, int]) -> np.ndarray:
 
 BLANK_TEXT = ""
 """The text that stands for 'no text' (modality dropout, ablation, image-only calls)."""
+
+
+def golden_pixels(folder: Path, example: GoldenExample, size: tuple[int, int]) -> np.ndarray:
+    """The model's image input for a golden example: its file (in ``folder``) through the
+    shared preprocessing, or the blank image for an example without one."""
+    if example.image is None:
+        return blank_image(size)
+    return preprocess_image((folder / example.image).read_bytes(), size)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

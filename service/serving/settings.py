@@ -13,8 +13,10 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
-"""Image formats the decoder supports (Pillow's names)."""
+from service.preprocessing import GOLDEN_TOLERANCE, ImageFormat
+
+__all__ = ["ImageFormat", "Settings"]
+
 
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
 
@@ -163,7 +165,7 @@ class Settings(BaseSettings):
         "still costs a few per cent of a core per request at high load to find that out.",
     )
     golden_tolerance: float = Field(
-        1e-4,
+        GOLDEN_TOLERANCE,
         gt=0,
         description="Largest probability difference allowed between the served model and "
         "the artifact's golden examples before the service refuses to become ready.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,6 +62,15 @@ def error_json(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def validation_message(errors: Sequence[Any]) -> str:
+    """Validation errors (pydantic's or FastAPI's) as one line: ``where: what; ...``."""
+    problems = []
+    for err in errors:
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return "; ".join(problems)
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses."""
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
@@ -75,11 +85,7 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err.get("loc", ()))
-        problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
-    message = "; ".join(problems) or "invalid request"
+    message = validation_message(exc.errors()) or "invalid request"
     return error_json(422, UnprocessableInput.code, message, path=request.url.path)
 
 

@@ -1,15 +1,13 @@
-"""What every request body shares: media types, the image+text item, the text limit."""
+"""What every protocol decodes a request into: image+text items, with the text limit and
+base64 decoding shared by the JSON bodies of v1 and v2."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 
-from fastapi import Request
-
-from service.errors import TextTooLong, UnprocessableInput, UnsupportedMediaType
-
-MULTIPART = "multipart/form-data"
-JSON = "application/json"
+from service.errors import InvalidBase64, TextTooLong, UnprocessableInput
 
 
 @dataclass(frozen=True)
@@ -18,17 +16,6 @@ class Item:
 
     image: bytes
     text: str
-
-
-def media_type(request: Request) -> str:
-    """The request's content type without parameters, lower-case ('' when absent)."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def unsupported(request: Request, *accepted: str) -> UnsupportedMediaType:
-    """The 415 error for a body of a type this endpoint does not take."""
-    got = media_type(request) or "no content type"
-    return UnsupportedMediaType(f"expected {' or '.join(accepted)}, got {got}")
 
 
 def check_text(text: str, max_chars: int, where: str = "") -> None:
@@ -43,3 +30,13 @@ def check_text(text: str, max_chars: int, where: str = "") -> None:
         raise UnprocessableInput(
             f"{where}the text is not valid Unicode: {exc.reason} at character {exc.start}"
         ) from None
+
+
+def decode_b64(data: str, where: str = "") -> bytes:
+    """Bytes from standard or URL-safe base64, with or without padding."""
+    text = "".join(data.split())
+    alphabet = b"-_" if ("-" in text or "_" in text) else None
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=alphabet, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidBase64(f"{where}image.b64 is not valid base64: {exc}") from exc

@@ -11,7 +11,7 @@ from service.serving.dataplane.items import Item
 from service.serving.inference.runtime import Runtime
 
 
-async def classify(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
+async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     """Probabilities ``[N, C]`` for the items, in order, through the runtime's decoder and
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log

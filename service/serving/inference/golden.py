@@ -8,13 +8,12 @@ model) must give the same probabilities, or the service refuses to become ready.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from service.errors import ArtifactError
-from service.model_store import GoldenExample, ModelVersion, load_golden
-from service.preprocessing import blank_image, preprocess_image
+from service.model_store import ModelVersion, load_golden
+from service.preprocessing import GOLDEN_TOLERANCE, golden_pixels
 from service.serving.inference.classifier import Classifier
 
 
@@ -25,16 +24,8 @@ class GoldenReport:
     tolerance: float
 
 
-def golden_pixels(folder: Path, example: GoldenExample, size: tuple[int, int]) -> np.ndarray:
-    """The model's image input for a golden example: its file (in ``folder``) through the
-    shared preprocessing, or the blank image for an example without one."""
-    if example.image is None:
-        return blank_image(size)
-    return preprocess_image((folder / example.image).read_bytes(), size)
-
-
 def verify_golden(
-    classifier: Classifier, version: ModelVersion, tolerance: float = 1e-4
+    classifier: Classifier, version: ModelVersion, tolerance: float = GOLDEN_TOLERANCE
 ) -> GoldenReport:
     """Replay the golden examples one by one; raise :class:`ArtifactError` on any drift."""
     golden = load_golden(version.path)

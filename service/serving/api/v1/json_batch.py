@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from service.errors import BadRequest, InvalidBase64, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge
 from service.serving.api.v1.schemas import BatchRequest
-from service.serving.dataplane.items import Item, check_text
+from service.serving.dataplane.items import Item, check_text, decode_b64
 
 
 async def read_json_batch(
@@ -50,13 +48,3 @@ def parse_json_batch(
         for i, instance in enumerate(batch.instances)
     ]
     return items, batch.top_k
-
-
-def decode_b64(data: str, where: str = "") -> bytes:
-    """Bytes from standard or URL-safe base64, with or without padding."""
-    text = "".join(data.split())
-    alphabet = b"-_" if ("-" in text or "_" in text) else None
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=alphabet, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidBase64(f"{where}image.b64 is not valid base64: {exc}") from exc

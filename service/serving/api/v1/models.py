@@ -8,18 +8,18 @@ from fastapi import APIRouter, Request
 from service.errors import NotFound
 from service.serving.api.deps import ReloaderDep, RuntimeDep
 from service.serving.api.errors import error_responses
-from service.serving.api.v1.schemas import ModelInfo, ModelList, ReloadResponse, TensorSpec
+from service.serving.api.v1.schemas import ModelDescription, ModelList, ReloadResponse, TensorSpec
 from service.serving.inference.classifier import Classifier
 from service.serving.worker_state import WorkerGroup
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def model_info(classifier: Classifier) -> ModelInfo:
+def describe_model(classifier: Classifier) -> ModelDescription:
     """Describe a loaded classifier."""
     h, w = classifier.image_size
     meta = classifier.metadata
-    return ModelInfo(
+    return ModelDescription(
         name=classifier.name,
         version=classifier.version,
         labels=list(classifier.labels),
@@ -58,20 +58,20 @@ def model_info(classifier: Classifier) -> ModelInfo:
 )
 async def list_models(runtime: RuntimeDep) -> ModelList:
     """Every model this server holds (one per process)."""
-    return ModelList(models=[model_info(runtime.classifier)])
+    return ModelList(models=[describe_model(runtime.classifier)])
 
 
 @router.get(
     "/{name}",
     summary="Describe one model",
-    response_model=ModelInfo,
+    response_model=ModelDescription,
     responses=error_responses(404, 503),
 )
-async def get_model(name: str, runtime: RuntimeDep) -> ModelInfo:
+async def get_model(name: str, runtime: RuntimeDep) -> ModelDescription:
     """Labels, device, input and output signature, metrics and provenance of a model."""
     if name != runtime.classifier.name:
         raise NotFound(f"model {name!r} is not served here (serving {runtime.classifier.name!r})")
-    return model_info(runtime.classifier)
+    return describe_model(runtime.classifier)
 
 
 @router.post(

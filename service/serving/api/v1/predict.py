@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from service.errors import UnprocessableInput
 from service.serving.api.deps import RuntimeDep, SettingsDep
 from service.serving.api.errors import error_responses
+from service.serving.api.media import JSON, MULTIPART, media_type, unsupported
 from service.serving.api.openapi import request_body
 from service.serving.api.v1.json_batch import read_json_batch
 from service.serving.api.v1.multipart import form_items, form_top_k, read_form
@@ -20,8 +21,8 @@ from service.serving.api.v1.schemas import (
     PredictForm,
     PredictResponse,
 )
-from service.serving.dataplane.items import JSON, MULTIPART, Item, media_type, unsupported
-from service.serving.dataplane.predict import classify
+from service.serving.dataplane.items import Item
+from service.serving.dataplane.predict import predict_items
 from service.serving.inference.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -37,7 +38,7 @@ _SINGLE_MAX_PARTS = 16
 
 async def _run(runtime: Runtime, items: list[Item], top_k: int | None) -> BatchPredictResponse:
     classifier = runtime.classifier
-    probabilities = await classify(runtime, items)
+    probabilities = await predict_items(runtime, items)
     rows: list[list[float]] = probabilities.tolist()
     return BatchPredictResponse(
         model=classifier.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.serving.api.v1.schemas import BatchResult, Prediction
+from service.serving.api.v1.schemas import BatchResult, ClassProbability
 
 
 def rank(probabilities: Sequence[float], labels: Sequence[str], top_k: int | None) -> BatchResult:
@@ -15,5 +15,5 @@ def rank(probabilities: Sequence[float], labels: Sequence[str], top_k: int | Non
     order = sorted(range(len(labels)), key=lambda i: -probabilities[i])
     if top_k is not None:
         order = order[:top_k]
-    predictions = [Prediction(label=labels[i], probability=probabilities[i]) for i in order]
+    predictions = [ClassProbability(label=labels[i], probability=probabilities[i]) for i in order]
     return BatchResult(label=predictions[0].label, predictions=predictions)

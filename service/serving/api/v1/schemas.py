@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 
-class Prediction(BaseModel):
+class ClassProbability(BaseModel):
     """One class and its probability."""
 
     label: str
@@ -38,7 +38,7 @@ class PredictResponse(BaseModel):
     model: str = Field(description="Name of the model that answered.")
     version: int = Field(description="Version of the model that answered.")
     label: str = Field(description="The most probable class.")
-    predictions: list[Prediction] = Field(
+    predictions: list[ClassProbability] = Field(
         description="Every class (or the top_k), by probability, highest first."
     )
 
@@ -47,7 +47,7 @@ class BatchResult(BaseModel):
     """The answer for one pair of a batch."""
 
     label: str
-    predictions: list[Prediction]
+    predictions: list[ClassProbability]
 
 
 class BatchPredictResponse(BaseModel):
@@ -148,7 +148,7 @@ class TensorSpec(BaseModel):
     description: str
 
 
-class ModelInfo(BaseModel):
+class ModelDescription(BaseModel):
     """What is served: labels, device, signature, evaluation metrics and provenance."""
 
     model_config = ConfigDict(
@@ -198,7 +198,7 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     """The models this server holds."""
 
-    models: list[ModelInfo]
+    models: list[ModelDescription]
 
 
 class ReloadResponse(BaseModel):

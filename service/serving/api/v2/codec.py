@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.errors import BadRequest
-from service.serving.api.v1.json_batch import decode_b64
+from service.serving.api.errors import validation_message
 from service.serving.api.v2.schemas import InferRequest, InferResponse, RequestInput
+from service.serving.dataplane.items import decode_b64
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 """The request and response header giving the length of the JSON part of the body."""
@@ -50,7 +51,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
     try:
         return InferRequest.model_validate(data), binary
     except ValidationError as exc:
-        raise BadRequest(f"invalid inference request: {_problems(exc)}") from exc
+        raise BadRequest(
+            f"invalid inference request: {validation_message(exc.errors(include_url=False))}"
+        ) from exc
 
 
 def bytes_elements(inputs: Sequence[RequestInput], binary: bytes) -> dict[str, list[Element]]:
@@ -139,11 +142,3 @@ def _flatten(data: Any) -> Iterable[Any]:
             yield from _flatten(value)
         else:
             yield value
-
-
-def _problems(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err.get("loc", ()))
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
-    return "; ".join(parts)

@@ -16,18 +16,19 @@ from fastapi import APIRouter, Request, Response
 from service.errors import NotFound, UnsupportedMediaType
 from service.serving.api.deps import RuntimeDep, SettingsDep
 from service.serving.api.errors import error_responses
+from service.serving.api.media import JSON
 from service.serving.api.openapi import request_body
 from service.serving.api.v2.codec import HEADER_LENGTH, encode_response, parse_request
 from service.serving.api.v2.schemas import (
     InferRequest,
     InferResponse,
     MetadataTensor,
-    ModelMetadata,
     ModelReady,
     ServerLive,
     ServerMetadata,
     ServerReady,
     V2Error,
+    V2ModelMetadata,
 )
 from service.serving.api.v2.tensors import (
     IMAGE,
@@ -36,8 +37,8 @@ from service.serving.api.v2.tensors import (
     request_items,
     response_outputs,
 )
-from service.serving.dataplane.items import JSON, Item
-from service.serving.dataplane.predict import classify
+from service.serving.dataplane.items import Item
+from service.serving.dataplane.predict import predict_items
 from service.serving.inference.classifier import Classifier
 from service.serving.inference.runtime import Runtime
 from service.serving.settings import Settings
@@ -88,10 +89,10 @@ def served(classifier: Classifier, name: str, version: str | None) -> Classifier
     return classifier
 
 
-def model_metadata(classifier: Classifier) -> ModelMetadata:
+def model_metadata(classifier: Classifier) -> V2ModelMetadata:
     """The protocol's description of a classifier: encoded image files and texts in,
     probabilities in label order out."""
-    return ModelMetadata(
+    return V2ModelMetadata(
         name=classifier.name,
         versions=[str(classifier.version)],
         platform=PLATFORM,
@@ -108,10 +109,10 @@ def model_metadata(classifier: Classifier) -> ModelMetadata:
 @router.get(
     "/models/{name}",
     summary="Model metadata (v2)",
-    response_model=ModelMetadata,
+    response_model=V2ModelMetadata,
     responses=v2_responses(404, 503),
 )
-async def get_model_metadata(name: str, runtime: RuntimeDep) -> ModelMetadata:
+async def get_model_metadata(name: str, runtime: RuntimeDep) -> V2ModelMetadata:
     """Versions, platform, inputs and outputs of the served model."""
     return model_metadata(served(runtime.classifier, name, None))
 
@@ -119,10 +120,12 @@ async def get_model_metadata(name: str, runtime: RuntimeDep) -> ModelMetadata:
 @router.get(
     "/models/{name}/versions/{version}",
     summary="Model version metadata (v2)",
-    response_model=ModelMetadata,
+    response_model=V2ModelMetadata,
     responses=v2_responses(404, 503),
 )
-async def get_model_version_metadata(name: str, version: str, runtime: RuntimeDep) -> ModelMetadata:
+async def get_model_version_metadata(
+    name: str, version: str, runtime: RuntimeDep
+) -> V2ModelMetadata:
     """As ``/v2/models/{name}``, for the served version only."""
     return model_metadata(served(runtime.classifier, name, version))
 
@@ -180,7 +183,7 @@ async def infer_version(
 async def _infer(
     name: str, version: str | None, request: Request, runtime: Runtime, settings: Settings
 ) -> Response:
-    """Parse (off the event loop), classify through the shared batcher, encode."""
+    """Parse (off the event loop), predict through the shared batcher, encode."""
     classifier = served(runtime.classifier, name, version)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -190,7 +193,7 @@ async def _infer(
     parsed, items = await asyncio.to_thread(
         _parse, body, request.headers.get(HEADER_LENGTH), settings
     )
-    probabilities = await classify(runtime, items)
+    probabilities = await predict_items(runtime, items)
     outputs, binary = response_outputs(parsed, probabilities, classifier.labels)
     answer = InferResponse(
         model_name=classifier.name,

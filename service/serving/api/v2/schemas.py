@@ -44,7 +44,7 @@ class MetadataTensor(BaseModel):
     shape: list[int]
 
 
-class ModelMetadata(BaseModel):
+class V2ModelMetadata(BaseModel):
     """``GET /v2/models/{name}``: the versions served and the tensors a request uses."""
 
     name: str

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.errors import BadRequest, PayloadTooLarge
-from service.serving.api.v1.json_batch import decode_b64
 from service.serving.api.v2.codec import Element, bytes_elements, serialize_bytes
 from service.serving.api.v2.schemas import InferRequest, ResponseOutput
-from service.serving.dataplane.items import Item, check_text
+from service.serving.dataplane.items import Item, check_text, decode_b64
 
 IMAGE, TEXT, PROBABILITIES = "image", "text", "probabilities"
 
