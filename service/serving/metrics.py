@@ -9,7 +9,7 @@ multiprocess mode): counters and histograms are summed, gauges as each says belo
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     REGISTRY,
@@ -79,25 +79,33 @@ QUEUE_DEPTH = Gauge(
 )
 MODEL_INFO = Gauge(
     "mmserve_model_info",
-    "The model version served now (1, labelled). With several workers, versions served "
+    "The model versions served now (1, labelled). With several workers, versions served "
     "before stay listed with 0.",
     ("name", "version", "device"),
     # Across workers, a version is 1 while any live worker serves it.
     multiprocess_mode="livemax",
 )
-_published: list[tuple[str, str, str]] = []
+MODEL_PREDICTIONS = Counter(
+    "mmserve_model_predictions",
+    "Image+text pairs answered, by model and by the version that answered (a canary's "
+    "share shows here).",
+    ("model", "version"),
+)
+_published: set[tuple[str, str, str]] = set()
 
 
-def publish_model(name: str, version: int, device: str) -> None:
-    """Label ``mmserve_model_info`` with the model served now (at start-up and each reload)."""
-    labels = (name, str(version), device)
-    for previous in _published:
-        if previous != labels:
-            # Set to 0 first: a worker's samples file keeps the last value written.
-            MODEL_INFO.labels(*previous).set(0)
-            MODEL_INFO.remove(*previous)
-    _published[:] = [labels]
-    MODEL_INFO.labels(*labels).set(1)
+def publish_models(served: Iterable[tuple[str, int, str]]) -> None:
+    """Label ``mmserve_model_info`` with the ``(name, version, device)`` served now (at
+    start-up, at each reload, load and unload)."""
+    now = {(name, str(version), device) for name, version, device in served}
+    for previous in _published - now:
+        # Set to 0 first: a worker's samples file keeps the last value written.
+        MODEL_INFO.labels(*previous).set(0)
+        MODEL_INFO.remove(*previous)
+    for labels in now:
+        MODEL_INFO.labels(*labels).set(1)
+    _published.clear()
+    _published.update(now)
 
 
 def exposition() -> bytes:

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.preprocessing import GOLDEN_TOLERANCE, ImageFormat
+from service.serving.inference.policy import VersionPolicy
 
 __all__ = ["ImageFormat", "Settings"]
 
@@ -31,9 +32,35 @@ class Settings(BaseSettings):
     model_store: Path = Field(
         Path("model_store"), description="Folder holding <name>/<version>/ model artifacts."
     )
-    model_name: str = Field("demo", description="Name of the model to serve.")
+    model_name: str = Field(
+        "demo",
+        description="The default model: the one /v1/predict answers for, and the one served "
+        "when `models` is unset.",
+    )
     model_version: int | None = Field(
-        None, ge=1, description="Version to serve; unset serves the latest (highest) one."
+        None,
+        ge=1,
+        description="Version of the default model to serve (a pinned version); unset "
+        "follows `version_policy`.",
+    )
+    models: str = Field(
+        "",
+        description="Models to serve, comma-separated (`products,memes`), or `*` for every "
+        "model in the store; unset: `model_name` alone. Readiness is true when every one "
+        "of them is loaded and verified.",
+    )
+    version_policy: str = Field(
+        "latest",
+        description="Versions served per model: `latest`, `latest:N` (the N newest) or a "
+        "list (`1,3`, pinned), for every model; or per model, `products=latest:2;memes=1` "
+        "(models not named get `latest`). A canary needs its version served: `latest:2`.",
+    )
+    canary_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Share (in per cent) of a model's unpinned requests that its `canary` "
+        "label's version answers, when the model's labels file sets none.",
     )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
@@ -223,6 +250,30 @@ class Settings(BaseSettings):
             raise ValueError(f"api_keys_file {path} holds no key")
         return path
 
+    @field_validator("version_policy")
+    @classmethod
+    def _valid_policy(cls, value: str) -> str:
+        """Fail at start-up on a policy that cannot be read."""
+        _policies(value)
+        return value
+
+    @property
+    def model_names(self) -> tuple[str, ...] | None:
+        """The models to serve; None for every model in the store (``*``)."""
+        text = self.models.strip()
+        if text == "*":
+            return None
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        return names or (self.model_name,)
+
+    def policy_for(self, name: str) -> VersionPolicy:
+        """The version policy of model ``name`` (a pinned ``model_version`` for the default
+        model wins)."""
+        if name == self.model_name and self.model_version is not None:
+            return VersionPolicy(versions=(self.model_version,))
+        default, per_model = _policies(self.version_policy)
+        return per_model.get(name, default)
+
     @model_validator(mode="after")
     def _load_api_keys(self) -> Settings:
         """Collect the keys from api_keys and api_keys_file."""
@@ -237,6 +288,18 @@ class Settings(BaseSettings):
     def api_key_set(self) -> frozenset[str]:
         """Every configured API key; empty when authentication is off."""
         return self._api_key_set
+
+
+def _policies(text: str) -> tuple[VersionPolicy, dict[str, VersionPolicy]]:
+    """``latest:2`` (every model) or ``name=policy;name=policy`` (the rest: latest)."""
+    if "=" not in text:
+        return VersionPolicy.parse(text), {}
+    per_model = {}
+    for entry in text.split(";"):
+        if entry.strip():
+            name, _, policy = entry.partition("=")
+            per_model[name.strip()] = VersionPolicy.parse(policy)
+    return VersionPolicy(), per_model
 
 
 def _read_keys_file(path: Path) -> set[str]:

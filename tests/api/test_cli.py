@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 
 from service.main import cli
+from service.serving.api.state import app_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +39,7 @@ def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
         uvicorn.Server, "run", lambda self, sockets=None: calls.append({"config": self.config})
     )
     monkeypatch.setenv("MMSERVE_SHUTDOWN_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("MMSERVE_WORKERS", "1")  # one process: this test patches its server
     argv = ["serve", "--host", "0.0.0.0", "--port", "9001", "--model-store", str(tmp_path)]
     argv += ["--model-name", "tiny", "--model-version", "2", "--device", "cpu"]
     # Never started (the patched run returns at once): uvicorn's start-up failure status.
@@ -46,7 +48,8 @@ def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
     config = call["config"]
     assert (config.host, config.port, config.log_level) == ("0.0.0.0", 9001, "warning")
     assert config.timeout_graceful_shutdown == 13  # whole seconds, rounded up
-    settings = config.app.state.settings
+    settings = app_state(config.app).settings
+    assert settings is not None
     assert settings.model_store == tmp_path
     assert (settings.model_name, settings.model_version, settings.device) == ("tiny", 2, "cpu")
 

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.applications import Starlette
 
 from service.model_store import ModelMetadata
 from service.preprocessing import preprocess_image
+from service.serving.api.state import app_state
+from service.serving.inference.runtime import Runtime
 
 LABELS = ["red", "green", "blue"]
 SIZE = (8, 8)
@@ -79,3 +82,10 @@ def assert_serves(client: TestClient) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["label"] == "green"
+
+
+def default_runtime(app: Starlette) -> Runtime:
+    """The runtime a running app's ``/v1/predict`` requests get."""
+    registry = app_state(app).registry
+    assert registry is not None, "the app is not running"
+    return registry.default().primary()

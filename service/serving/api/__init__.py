@@ -17,6 +17,7 @@ from service.serving.api.auth import RequireApiKey
 from service.serving.api.errors import error_responses
 from service.serving.api.v1 import models as v1_models
 from service.serving.api.v1 import predict as v1_predict
+from service.serving.api.v2 import repository as v2_repository
 from service.serving.api.v2 import routes as v2_routes
 
 
@@ -29,9 +30,10 @@ def api_router() -> APIRouter:
             module.router, dependencies=[RequireApiKey], responses=error_responses(401)
         )
     # The Open Inference Protocol (v2): the same keys, its own error body, open probes.
-    router.include_router(
-        v2_routes.router, dependencies=[RequireApiKey], responses=v2_routes.v2_responses(401)
-    )
+    for v2_module in (v2_routes, v2_repository):
+        router.include_router(
+            v2_module.router, dependencies=[RequireApiKey], responses=v2_routes.v2_responses(401)
+        )
     router.include_router(health.router)
     router.include_router(v2_routes.health_router)
     return router

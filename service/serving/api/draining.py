@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from service.serving.worker_state import STOPPING, WorkerGroup
+from service.serving.api.state import app_state
+from service.serving.worker_state import STOPPING
 
 
 def start_draining(app: Starlette) -> None:
     """Refuse new work from now on; requests already in flight are not affected. In a
     group of workers, the others' readiness turns 503 too."""
-    app.state.draining = True
-    workers = getattr(app.state, "workers", None)
-    if isinstance(workers, WorkerGroup):
-        workers.mark(STOPPING)
+    state = app_state(app)
+    state.draining = True
+    if state.workers is not None:
+        state.workers.mark(STOPPING)
 
 
 def is_draining(app: Starlette) -> bool:
     """Whether the service is shutting down."""
-    return bool(getattr(app.state, "draining", False))
+    return app_state(app).draining

@@ -30,8 +30,9 @@ _DESCRIPTIONS = {
     400: "The image cannot be decoded, or the body is malformed.",
     401: "API keys are configured and the request carries none that matches "
     "(send `Authorization: Bearer <key>` or `X-API-Key: <key>`).",
-    404: "No such model.",
-    409: "Newer model versions exist but none loads and verifies; the served one stays.",
+    404: "No such model, version or label served here.",
+    409: "Newer model versions exist but none loads and verifies (the served one stays), "
+    "or a model to load fails to load or verify.",
     413: "The body is larger than max_request_bytes, an image declares too many pixels, "
     "or a batch holds too many items.",
     415: "The body has a content type this endpoint does not accept, or an image is in a "

@@ -1,4 +1,4 @@
-"""The one way every API runs items through the model: decode, then batch."""
+"""The one way every protocol runs items through a model version: decode, then batch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from service.serving.api.middleware.observability import note_items
 from service.serving.dataplane.items import Item
 from service.serving.inference.runtime import Runtime
+from service.serving.metrics import MODEL_PREDICTIONS
 
 
 async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
@@ -18,4 +19,7 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     with runtime.batcher.arriving(len(items)) as arrival:
         images = await runtime.decoder.decode([item.image for item in items])
         texts = [item.text for item in items]
-        return await runtime.batcher.predict(images, texts, arrival)
+        probabilities = await runtime.batcher.predict(images, texts, arrival)
+    model = runtime.classifier
+    MODEL_PREDICTIONS.labels(model.name, str(model.version)).inc(len(items))
+    return probabilities

@@ -7,7 +7,8 @@ hold the old runtime finish on it, and it is closed once they are done. A versio
 fails is rejected with a log line and remembered, so neither the watcher nor the reload
 endpoint loads it again (unless its folder is replaced, which gives it a new identity).
 
-Which runtime is served lives with the caller (``current``/``install``): this module only
+Which runtime is served lives with the caller (``current``/``install``; the registry keeps
+older versions beside the new one under a ``latest:N`` policy): this module only
 decides when and what to swap, and imports neither FastAPI nor TensorFlow.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class ModelReloader:
         store: Path,
         name: str,
         current: Callable[[], Runtime],
-        install: Callable[[Runtime], None],
+        install: Callable[[Runtime], Sequence[Runtime] | None],
         start: StartFn,
         load: LoadFn | None,
         pinned: bool = False,
@@ -223,14 +224,12 @@ class ModelReloader:
             )
             return reason
         # Start and install with no await in between: a request sees the old runtime or
-        # the new one, never neither.
-        self._install(self._start(classifier))
+        # the new one, never neither. ``install`` says which runtimes it stopped serving
+        # (None: the old one), which close once their requests are done.
+        dropped = self._install(self._start(classifier))
         self._rejected.pop(version.version, None)
-        task = asyncio.get_running_loop().create_task(
-            self._retire(old), name=f"mmserve-retire-v{old.classifier.version}"
-        )
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        for runtime in [old] if dropped is None else dropped:
+            self.retire_later(runtime)
         log.info(
             "now serving %s version %d (was %d); the old version closes when its requests end",
             self._name,
@@ -238,6 +237,14 @@ class ModelReloader:
             old.classifier.version,
         )
         return None
+
+    def retire_later(self, runtime: Runtime) -> None:
+        """Close ``runtime`` in the background once its requests are done (``close`` waits)."""
+        task = asyncio.get_running_loop().create_task(
+            self._retire(runtime), name=f"mmserve-retire-v{runtime.classifier.version}"
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, old: Runtime) -> None:
         await old.retire(self._retire_timeout)

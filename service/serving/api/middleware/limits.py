@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import BadRequest, PayloadTooLarge, ServiceError
 from service.serving.api.errors import error_json
-from service.serving.settings import Settings
+from service.serving.api.state import app_state
 
 # Requests that carry no body worth limiting (the health probes are GETs).
 _BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -94,9 +94,11 @@ def install_request_limits(app: FastAPI) -> None:
     the lifespan has started.
     """
 
+    state = app_state(app)
+
     def limit() -> int | None:
-        settings = getattr(app.state, "settings", None)
-        return settings.max_request_bytes if isinstance(settings, Settings) else None
+        settings = state.settings
+        return settings.max_request_bytes if settings is not None else None
 
     app.add_middleware(BodySizeLimit, limit=limit)
 

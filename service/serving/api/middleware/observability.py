@@ -27,8 +27,8 @@ from prometheus_client.metrics import Counter, Histogram
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.serving.api.state import app_state
 from service.serving.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from service.serving.settings import Settings
 
 log = logging.getLogger("mmserve.access")
 
@@ -36,6 +36,11 @@ UNMATCHED = "unmatched"
 """The route label of a request that matches no route."""
 
 REQUEST_ID_HEADER = "X-Request-ID"
+MODEL_HEADER = "X-Model-Name"
+VERSION_HEADER = "X-Model-Version"
+"""Response headers naming the model version that answered a model request."""
+MODEL_HEADER_KEY = MODEL_HEADER.lower().encode("ascii")
+VERSION_HEADER_KEY = VERSION_HEADER.lower().encode("ascii")
 
 # A client's id is kept only when it is visible ASCII, at most 128 characters; anything
 # else (spaces, control characters, a huge value) could forge or flood log lines.
@@ -107,7 +112,12 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                headers = [*message.get("headers", ()), id_header]
+                if record.model is not None:
+                    # Which model version answered, for clients and proxies (canary splits).
+                    headers.append((MODEL_HEADER_KEY, record.model.encode("latin-1")))
+                    headers.append((VERSION_HEADER_KEY, str(record.model_version).encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         token = _current.set(record)
@@ -179,9 +189,11 @@ def install_observability(app: FastAPI) -> None:
             cache = [(compile_path(path)[0], path) for path in paths]
         return cache
 
+    state = app_state(app)
+
     def access_log() -> bool:
-        settings = getattr(app.state, "settings", None)
-        return settings.access_log if isinstance(settings, Settings) else True
+        settings = state.settings
+        return settings.access_log if settings is not None else True
 
     app.add_middleware(RequestObserver, templates=templates, access_log=access_log)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -185,7 +185,19 @@ class ModelDescription(BaseModel):
     )
 
     name: str
-    version: int
+    version: int = Field(description="The version unpinned requests get (outside a canary).")
+    versions: list[int] = Field(default_factory=list, description="Every served version.")
+    version_labels: dict[str, int] = Field(
+        default_factory=dict, description="Labels (stable, canary, ...) and their versions."
+    )
+    canary_percent: float = Field(
+        0.0, description="Share of unpinned requests the canary version answers, in per cent."
+    )
+    memory_bytes: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Per served version, how much the process's resident memory grew while "
+        "loading it (null where not measured, e.g. a classifier given in process).",
+    )
     labels: list[str] = Field(description="Class names in output order.")
     device: str
     inputs: list[TensorSpec]
@@ -195,10 +207,59 @@ class ModelDescription(BaseModel):
     framework: dict[str, str]
 
 
+class RepositoryModel(BaseModel):
+    """A model of the store: its versions, and which of them are served."""
+
+    name: str
+    versions: list[int]
+    served: list[int]
+    state: Literal["READY", "UNAVAILABLE"]
+
+
 class ModelList(BaseModel):
-    """The models this server holds."""
+    """The models this server holds (and, when asked, every model of the store)."""
 
     models: list[ModelDescription]
+    repository: list[RepositoryModel] | None = None
+
+
+def _json_number(value: Any) -> Any:
+    """A version is a JSON number: no string (``"1"``) or boolean stands for one."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+class LabelUpdate(BaseModel):
+    """``PUT /v1/models/{name}/labels/{label}``: the served version the label points to
+    (null: remove the label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(ge=1)
+
+    _number = field_validator("version", mode="before")(lambda v: _json_number(v))
+
+
+class CanaryUpdate(BaseModel):
+    """``PUT /v1/models/{name}/canary``: the canary version and its share of traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="A served version; the label `canary` moves to it.")
+
+    _number = field_validator("version", mode="before")(lambda v: _json_number(v))
+    percent: float | None = Field(
+        None, ge=0, le=100, description="Share of unpinned requests, in per cent (unset: kept)."
+    )
+
+
+class RepositoryChange(BaseModel):
+    """What a load or unload did."""
+
+    model: str
+    versions: list[int]
+    state: Literal["READY", "UNAVAILABLE"]
 
 
 class ReloadResponse(BaseModel):
@@ -235,8 +296,8 @@ class ReadyResponse(BaseModel):
     """The model is loaded, verified against its golden examples, and serving."""
 
     status: Literal["ready"] = "ready"
-    model: str
-    version: int
+    model: str = Field(description="The default model.")
+    version: int = Field(description="The version of the default model unpinned requests get.")
 
 
 class ErrorDetail(BaseModel):

@@ -9,13 +9,15 @@ protocol's ``{"error": "<message>"}``. Extensions: ``binary_tensor_data`` and
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from service.errors import NotFound, UnsupportedMediaType
-from service.serving.api.deps import RuntimeDep, SettingsDep
+from service.serving.api.deps import RegistryDep, SettingsDep, StateDep, holding
 from service.serving.api.errors import error_responses
+from service.serving.api.health import check_ready
 from service.serving.api.media import JSON
 from service.serving.api.openapi import request_body
 from service.serving.api.v2.codec import HEADER_LENGTH, encode_response, parse_request
@@ -40,6 +42,7 @@ from service.serving.api.v2.tensors import (
 from service.serving.dataplane.items import Item
 from service.serving.dataplane.predict import predict_items
 from service.serving.inference.classifier import Classifier
+from service.serving.inference.registry import ModelRegistry
 from service.serving.inference.runtime import Runtime
 from service.serving.settings import Settings
 
@@ -63,12 +66,13 @@ async def server_live() -> ServerLive:
 
 @health_router.get(
     "/ready",
-    summary="The model is loaded and verified (v2)",
+    summary="Every model is loaded and verified (v2)",
     response_model=ServerReady,
     responses=v2_responses(503),
 )
-async def server_ready(runtime: RuntimeDep) -> ServerReady:
-    """200 once the model serves; 503 before and at shutdown."""
+async def server_ready(state: StateDep, registry: RegistryDep) -> ServerReady:
+    """200 once every configured model serves; 503 before and at shutdown."""
+    check_ready(state, registry)
     return ServerReady()
 
 
@@ -78,23 +82,22 @@ async def server_metadata(request: Request) -> ServerMetadata:
     return ServerMetadata(name="mmserve", version=request.app.version, extensions=EXTENSIONS)
 
 
-def served(classifier: Classifier, name: str, version: str | None) -> Classifier:
-    """The classifier when ``name`` (and ``version``, if given) is what is served; else 404."""
-    if name != classifier.name:
-        raise NotFound(f"unknown model {name!r} (serving {classifier.name!r})")
-    if version is not None and version != str(classifier.version):
-        raise NotFound(
-            f"model {name!r} has no version {version!r} here (serving version {classifier.version})"
-        )
-    return classifier
+def served(registry: ModelRegistry, name: str, version: str | None) -> Runtime:
+    """The runtime of ``name`` (its primary version, or ``version``); 404 when not served."""
+    model = registry.get(name)
+    if version is None:
+        return model.primary()
+    if not (version.isascii() and version.isdigit()):
+        raise NotFound(f"model {name!r} has no version {version!r} here (serving {model.versions})")
+    return model.route(version=int(version))
 
 
-def model_metadata(classifier: Classifier) -> V2ModelMetadata:
+def model_metadata(classifier: Classifier, versions: list[int]) -> V2ModelMetadata:
     """The protocol's description of a classifier: encoded image files and texts in,
     probabilities in label order out."""
     return V2ModelMetadata(
         name=classifier.name,
-        versions=[str(classifier.version)],
+        versions=[str(v) for v in versions],
         platform=PLATFORM,
         inputs=[
             MetadataTensor(name=IMAGE, datatype="BYTES", shape=[-1]),
@@ -112,9 +115,9 @@ def model_metadata(classifier: Classifier) -> V2ModelMetadata:
     response_model=V2ModelMetadata,
     responses=v2_responses(404, 503),
 )
-async def get_model_metadata(name: str, runtime: RuntimeDep) -> V2ModelMetadata:
-    """Versions, platform, inputs and outputs of the served model."""
-    return model_metadata(served(runtime.classifier, name, None))
+async def get_model_metadata(name: str, registry: RegistryDep) -> V2ModelMetadata:
+    """Versions served, platform, inputs and outputs of a model."""
+    return model_metadata(served(registry, name, None).classifier, registry.get(name).versions)
 
 
 @router.get(
@@ -124,10 +127,11 @@ async def get_model_metadata(name: str, runtime: RuntimeDep) -> V2ModelMetadata:
     responses=v2_responses(404, 503),
 )
 async def get_model_version_metadata(
-    name: str, version: str, runtime: RuntimeDep
+    name: str, version: str, registry: RegistryDep
 ) -> V2ModelMetadata:
-    """As ``/v2/models/{name}``, for the served version only."""
-    return model_metadata(served(runtime.classifier, name, version))
+    """As ``/v2/models/{name}``, for one served version."""
+    classifier = served(registry, name, version).classifier
+    return model_metadata(classifier, [classifier.version])
 
 
 @router.get(
@@ -136,9 +140,9 @@ async def get_model_version_metadata(
     response_model=ModelReady,
     responses=v2_responses(404, 503),
 )
-async def model_ready(name: str, runtime: RuntimeDep) -> ModelReady:
+async def model_ready(name: str, registry: RegistryDep) -> ModelReady:
     """200 while the model serves; 404 for a model not served here."""
-    return ModelReady(name=served(runtime.classifier, name, None).name)
+    return ModelReady(name=served(registry, name, None).classifier.name)
 
 
 @router.get(
@@ -147,9 +151,9 @@ async def model_ready(name: str, runtime: RuntimeDep) -> ModelReady:
     response_model=ModelReady,
     responses=v2_responses(404, 503),
 )
-async def model_version_ready(name: str, version: str, runtime: RuntimeDep) -> ModelReady:
+async def model_version_ready(name: str, version: str, registry: RegistryDep) -> ModelReady:
     """200 while this version serves; 404 for any other."""
-    return ModelReady(name=served(runtime.classifier, name, version).name)
+    return ModelReady(name=served(registry, name, version).classifier.name)
 
 
 _INFER_DOC: dict[str, Any] = {
@@ -159,13 +163,29 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
+async def infer_runtime(name: str, registry: RegistryDep) -> AsyncIterator[Runtime]:
+    """Model ``name``'s runtime for an inference, canary split included."""
+    with holding(registry.get(name).route()) as runtime:
+        yield runtime
+
+
+async def infer_version_runtime(
+    name: str, version: str, registry: RegistryDep
+) -> AsyncIterator[Runtime]:
+    """The runtime of one served version of ``name``."""
+    with holding(served(registry, name, version)) as runtime:
+        yield runtime
+
+
 @router.post("/models/{name}/infer", summary="Classify image+text pairs (v2)", **_INFER_DOC)
 async def infer(
-    name: str, request: Request, runtime: RuntimeDep, settings: SettingsDep
+    request: Request,
+    runtime: Annotated[Runtime, Depends(infer_runtime)],
+    settings: SettingsDep,
 ) -> Response:
     """Probabilities for the ``image`` and ``text`` inputs (``BYTES``, one element per
     pair), as JSON or binary tensor data, or the top classes (``classification``)."""
-    return await _infer(name, None, request, runtime, settings)
+    return await _infer(request, runtime, settings)
 
 
 @router.post(
@@ -174,17 +194,17 @@ async def infer(
     **_INFER_DOC,
 )
 async def infer_version(
-    name: str, version: str, request: Request, runtime: RuntimeDep, settings: SettingsDep
+    request: Request,
+    runtime: Annotated[Runtime, Depends(infer_version_runtime)],
+    settings: SettingsDep,
 ) -> Response:
-    """As ``/v2/models/{name}/infer``, for the served version only."""
-    return await _infer(name, version, request, runtime, settings)
+    """As ``/v2/models/{name}/infer``, for one served version."""
+    return await _infer(request, runtime, settings)
 
 
-async def _infer(
-    name: str, version: str | None, request: Request, runtime: Runtime, settings: Settings
-) -> Response:
+async def _infer(request: Request, runtime: Runtime, settings: Settings) -> Response:
     """Parse (off the event loop), predict through the shared batcher, encode."""
-    classifier = served(runtime.classifier, name, version)
+    classifier = runtime.classifier
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 Parameters = dict[str, Any]
 
@@ -122,3 +122,20 @@ class V2Error(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"error": "unknown model 'x'"}]})
 
     error: str = Field(description="What went wrong, for people.")
+
+
+class RepositoryIndexRequest(BaseModel):
+    """``POST /v2/repository/index``: ``ready`` lists only the models that serve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: StrictBool = False
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One model version of the repository and its state."""
+
+    name: str
+    version: str
+    state: str = Field(description="READY (served) or UNAVAILABLE.")
+    reason: str = ""
