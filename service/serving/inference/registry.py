@@ -323,11 +323,17 @@ class ModelRegistry:
 
     async def set_canary(self, name: str, version: int, percent: float | None) -> ServedModel:
         """Send ``percent`` of ``name``'s unpinned requests to ``version`` (label ``canary``);
-        the rest go to ``stable`` (pinned to the primary version now when unset)."""
+        the rest go to ``stable`` (when unset: the version served now, or the highest other
+        version when that is the canary)."""
         model = self.get(name)
         model.route(version=version)
         labels = dict(model.routing.labels)
-        labels.setdefault(STABLE, model.primary().classifier.version)
+        if STABLE not in labels:
+            # The version unpinned requests got so far, unless that is the canary itself:
+            # then the highest other served version (a new version tried beside the last).
+            others = [v for v in model.versions if v != version]
+            primary = model.primary().classifier.version
+            labels[STABLE] = primary if primary != version or not others else others[-1]
         labels[CANARY] = version
         routing = Routing(
             labels=labels,
