@@ -29,8 +29,10 @@ from service.client.core import (
     ImageInput,
     Request,
     RetryPolicy,
+    Target,
     batch_request,
     json_or_raise,
+    model_action,
     parse_batch,
     parse_models,
     parse_prediction,
@@ -101,15 +103,41 @@ class Client(_Base):
         super().__init__(url, api_key, retries, backoff, max_wait)
         self._http = httpx.Client(base_url=self.url, headers=self._headers(), timeout=timeout)
 
-    def predict(self, image: ImageInput, text: str, top_k: int | None = None) -> Prediction:
-        """Class probabilities for one image+text pair (``POST /v1/predict``)."""
-        return parse_prediction(self._call(predict_request(image, text, top_k)))
+    def predict(
+        self,
+        image: ImageInput,
+        text: str,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> Prediction:
+        """Class probabilities for one image+text pair (``POST /v1/predict``, or the route
+        of ``model``, optionally one of its versions or labels)."""
+        target = Target(model, version, label)
+        return parse_prediction(self._call(predict_request(image, text, top_k, target)))
 
     def predict_batch(
-        self, items: Sequence[tuple[ImageInput, str]], top_k: int | None = None
+        self,
+        items: Sequence[tuple[ImageInput, str]],
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request."""
-        return parse_batch(self._call(batch_request(items, top_k)))
+        target = Target(model, version, label)
+        return parse_batch(self._call(batch_request(items, top_k, target)))
+
+    def load(self, name: str) -> dict[str, Any]:
+        """Load a model of the store (``POST /v1/models/{name}/load``)."""
+        return dict(self._call(model_action(name, "load")))
+
+    def unload(self, name: str) -> dict[str, Any]:
+        """Stop serving a model once its requests are answered."""
+        return dict(self._call(model_action(name, "unload")))
 
     def models(self) -> list[ModelInfo]:
         """The served models (``GET /v1/models``)."""
@@ -185,15 +213,41 @@ class AsyncClient(_Base):
         super().__init__(url, api_key, retries, backoff, max_wait)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers(), timeout=timeout)
 
-    async def predict(self, image: ImageInput, text: str, top_k: int | None = None) -> Prediction:
-        """Class probabilities for one image+text pair (``POST /v1/predict``)."""
-        return parse_prediction(await self._call(predict_request(image, text, top_k)))
+    async def predict(
+        self,
+        image: ImageInput,
+        text: str,
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> Prediction:
+        """Class probabilities for one image+text pair (``POST /v1/predict``, or the route
+        of ``model``, optionally one of its versions or labels)."""
+        target = Target(model, version, label)
+        return parse_prediction(await self._call(predict_request(image, text, top_k, target)))
 
     async def predict_batch(
-        self, items: Sequence[tuple[ImageInput, str]], top_k: int | None = None
+        self,
+        items: Sequence[tuple[ImageInput, str]],
+        top_k: int | None = None,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request."""
-        return parse_batch(await self._call(batch_request(items, top_k)))
+        target = Target(model, version, label)
+        return parse_batch(await self._call(batch_request(items, top_k, target)))
+
+    async def load(self, name: str) -> dict[str, Any]:
+        """Load a model of the store (``POST /v1/models/{name}/load``)."""
+        return dict(await self._call(model_action(name, "load")))
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Stop serving a model once its requests are answered."""
+        return dict(await self._call(model_action(name, "unload")))
 
     async def models(self) -> list[ModelInfo]:
         """The served models (``GET /v1/models``)."""

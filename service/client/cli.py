@@ -37,6 +37,16 @@ def add_predict_command(commands: Any) -> None:
         "--top-k", type=_positive_int, metavar="K", help="print only the K most probable"
     )
     predict.add_argument(
+        "--model", metavar="NAME", help="the model to ask (default: the server's default model)"
+    )
+    pinned = predict.add_mutually_exclusive_group()
+    pinned.add_argument(
+        "--version", type=_positive_int, metavar="V", help="a served version of --model"
+    )
+    pinned.add_argument(
+        "--label", metavar="L", help="the version of --model a label points to (stable, canary)"
+    )
+    predict.add_argument(
         "--api-key",
         metavar="KEY",
         default=os.environ.get(API_KEY_ENV),
@@ -63,10 +73,18 @@ def run_predict(
 
     out = out or sys.stdout
     err = err or sys.stderr
+    model = getattr(args, "model", None)
+    version = getattr(args, "version", None)
+    label = getattr(args, "label", None)
+    if model is None and (version is not None or label is not None):
+        print("mmserve predict: error: --version and --label need --model", file=err)
+        return 1
 
     try:
         with Client(args.url, args.api_key, args.timeout, max(0, args.retries)) as client:
-            prediction = client.predict(args.image, args.text, top_k=args.top_k)
+            prediction = client.predict(
+                args.image, args.text, top_k=args.top_k, model=model, version=version, label=label
+            )
     except ClientError as error:
         print(f"mmserve predict: error: {_describe(error, args.url)}", file=err)
         return 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -110,18 +111,59 @@ def _with_top_k(data: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return data
 
 
-def predict_request(image: ImageInput, text: str, top_k: int | None) -> Request:
+@dataclass(frozen=True)
+class Target:
+    """Which model answers: the default one, a model, one of its versions, or the version
+    one of its labels points to (``version`` and ``label`` exclude each other)."""
+
+    model: str | None = None
+    version: int | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version is not None and self.label is not None:
+            raise ValueError("give a version or a label, not both")
+        if (self.version is not None or self.label is not None) and self.model is None:
+            raise ValueError("a version or a label needs a model")
+
+    def path(self, batch: bool) -> str:
+        """The prediction route for this target."""
+        suffix = "/predict/batch" if batch else "/predict"
+        if self.model is None:
+            return "/v1" + suffix
+        base = f"/v1/models/{quote(self.model, safe='')}"
+        if self.version is not None:
+            base += f"/versions/{self.version}"
+        elif self.label is not None:
+            base += f"/labels/{quote(self.label, safe='')}"
+        return base + suffix
+
+
+DEFAULT_TARGET = Target()
+
+
+def predict_request(
+    image: ImageInput, text: str, top_k: int | None, target: Target = DEFAULT_TARGET
+) -> Request:
     files = [("image", image_part(image))]
-    return Request("POST", "/v1/predict", files=files, data=_with_top_k({"text": text}, top_k))
+    data = _with_top_k({"text": text}, top_k)
+    return Request("POST", target.path(batch=False), files=files, data=data)
 
 
-def batch_request(items: Sequence[tuple[ImageInput, str]], top_k: int | None) -> Request:
+def batch_request(
+    items: Sequence[tuple[ImageInput, str]], top_k: int | None, target: Target = DEFAULT_TARGET
+) -> Request:
     if not items:
         raise ValueError("predict_batch needs at least one (image, text) pair")
     # Repeated parts, paired by order: the i-th image goes with the i-th text.
     files = [("image", image_part(image)) for image, _ in items]
     data = _with_top_k({"text": [text for _, text in items]}, top_k)
-    return Request("POST", "/v1/predict/batch", files=files, data=data)
+    return Request("POST", target.path(batch=True), files=files, data=data)
+
+
+def model_action(name: str, action: str) -> Request:
+    """``POST /v1/models/{name}/{action}`` (load, unload, promote, rollback); never retried."""
+    return Request("POST", f"/v1/models/{quote(name, safe='')}/{action}", retry=False)
 
 
 # -- response parsing (shared) -------------------------------------------------------------
@@ -197,6 +239,8 @@ def parse_models(body: Any) -> list[ModelInfo]:
                 name=str(m["name"]),
                 version=int(m["version"]),
                 labels=tuple(str(label) for label in m["labels"]),
+                versions=tuple(int(v) for v in m.get("versions") or [m["version"]]),
+                version_labels={str(k): int(v) for k, v in (m.get("version_labels") or {}).items()},
                 device=str(m.get("device", "")),
                 metrics=dict(m.get("metrics") or {}),
                 raw=dict(m),

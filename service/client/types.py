@@ -72,7 +72,13 @@ class ModelInfo:
 
     name: str
     version: int
+    """The version unpinned requests get (outside a canary share)."""
     labels: tuple[str, ...]
+    """Class names, in output order."""
     device: str
     metrics: Mapping[str, Any] = field(hash=False)
     raw: Mapping[str, Any] = field(hash=False, repr=False)
+    versions: tuple[int, ...] = ()
+    """Every served version."""
+    version_labels: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """Labels (``stable``, ``canary``) and the versions they point to."""
