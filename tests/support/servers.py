@@ -87,6 +87,8 @@ def server_env(store: Path) -> dict[str, str]:
         MMSERVE_MODEL_STORE=str(store),
         MMSERVE_MODEL_NAME="tiny",
         MMSERVE_WORKERS="1",
+        # This checkout's code, whichever checkout the environment was installed from.
+        PYTHONPATH=str(ROOT),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env
