@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="tiny run: levels 1,4, 1 s, no peers")
     p.add_argument(
-        "--server-args", default="", help='extra `mmserve serve` options, e.g. "--log-level info"'
+        "--server-args",
+        default="",
+        help='extra `mmserve serve` options: --server-args="--workers 2"',
     )
     p.add_argument(
         "--workers", help="comma-separated `mmserve serve --workers` values, one row set each"

@@ -21,6 +21,9 @@ from bench.targets import Target
 
 # py-spy needs a moment to attach; the load runs this much longer than the sampling.
 _PROFILE_MARGIN_S = 1.0
+# Longest wait for a server to finish what a previous phase left queued (the naive
+# server at concurrency 64 needs ~7 s).
+_SETTLE_MAX_S = 30.0
 
 
 @dataclass
@@ -64,9 +67,9 @@ def measure_target(
         cpu_start = server.cpu_seconds()
         warm_rss: int | None = None
         for level in config.concurrency:
-            server.wait_idle(config.request_timeout_s)
+            _settle(server, out.notes)
             generator.measure(url, bodies, level, config.warmup_s)
-            server.wait_idle(config.request_timeout_s)
+            _settle(server, out.notes)
             if warm_rss is None:
                 warm_rss = server.rss_bytes()
             before = _batch_sizes(metrics_url)
@@ -110,7 +113,7 @@ def _open_loop(
         return []
     out = []
     for share in config.open_loop_shares:
-        server.wait_idle(config.request_timeout_s)
+        _settle(server, notes)
         result = openloop.measure(
             url,
             bodies.payloads,
@@ -153,7 +156,7 @@ def _profile(
     output = work / f"{server.name}.profile.txt"
     level = config.profile_concurrency
     progress(f"{server.name}: profiling at c={level} for {config.profile_duration_s:.0f} s")
-    server.wait_idle(config.request_timeout_s)
+    _settle(server, notes)
     sampler = profiling.start(py_spy, server.process.pid, config.profile_duration_s, output)
     try:
         stats = generator.measure(url, bodies, level, config.profile_duration_s + _PROFILE_MARGIN_S)
@@ -170,6 +173,15 @@ def _profile(
         return None
     reduced = profiling.reduce(output.read_text(errors="replace"))
     return ProfileRow(server.name, level, config.profile_duration_s, stats.rps, reduced)
+
+
+def _settle(server: ServerProcess, notes: list[str]) -> None:
+    waited = server.wait_idle(_SETTLE_MAX_S)
+    if waited >= _SETTLE_MAX_S:
+        note = f"{server.name} was still busy {_SETTLE_MAX_S:.0f} s after a phase ended"
+        if note not in notes:
+            notes.append(note)
+            progress(note)
 
 
 def _first_answer(server: ServerProcess, url: str, bodies: BodySet, timeout_s: float) -> None:

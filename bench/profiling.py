@@ -88,9 +88,13 @@ def reduce(raw: str, top: int = 15) -> Profile:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_function(f) for f in stack.split(";")]
-        # py-spy puts "process N:..." and "thread (0x...)" pseudo-frames at the root.
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        # With --subprocesses each stack starts with 'process N:"<command line>";', and a
+        # command line can hold ';' itself (python -c "...; spawn_main(...)").
+        if stack.startswith("process "):
+            end = stack.find('";')
+            stack = stack[end + 2 :] if end >= 0 else ""
+        frames = [_function(f) for f in stack.split(";") if f]
+        frames = [f for f in frames if not f.startswith("thread (")]
         if not frames:
             continue
         samples += count

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.results import SERVICE, BenchReport, LevelResult
+from bench import acceptance
+from bench.results import BenchReport, LevelResult
 
 _LEVEL_HEADER = (
     "target",
@@ -24,6 +25,12 @@ _LEVEL_HEADER = (
 def fmt(value: float | None, digits: int = 1) -> str:
     """``value`` with ``digits`` decimals, or ``n/a``."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _errors(count: int, kinds: dict[str, int]) -> str:
+    if not count:
+        return "0"
+    return f"{count} (" + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + ")"
 
 
 def _times(value: float | None) -> str:
@@ -125,7 +132,7 @@ def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple
                 fmt(r.p90_ms),
                 fmt(r.p99_ms),
                 fmt(r.max_ms),
-                str(r.errors),
+                _errors(r.errors, r.error_kinds),
                 f"{r.throughput_rps:.1f}",
             )
         )
@@ -223,7 +230,11 @@ def format_text(report: BenchReport) -> str:
         header, rows = open_loop_rows(report)
         parts += ["open loop (latency from the scheduled send time):"]
         parts += [*_table(header, rows, False), ""]
-    parts += [*ratio_lines(report), "", *memory_lines(report), ""]
+    parts += [*ratio_lines(report), ""]
+    targets = acceptance.lines(report)
+    if targets:
+        parts += ["capacity targets:", *targets, ""]
+    parts += [*memory_lines(report), ""]
     parts += profile_blocks(report, markdown=False)
     parts += [f"note: {n}" for n in report.notes]
     return "\n".join(parts).rstrip()
@@ -294,11 +305,13 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         else "not available (no `mmserve_batch_size` histogram at `/metrics`)"
     )
     side_header, side_rows = side_by_side(report)
+    demo = model.get("profile", "demo") == "demo"
     lines = [
-        "# Benchmarks",
+        "# Benchmarks" if demo else f"# Benchmarks: the {model['profile']} profile",
         "",
-        "Written by `make bench` (`python -m bench.run`); do not edit by hand. Raw figures of "
-        f"this run: `{results_file}` (results are git-ignored).",
+        f"Written by `make {'bench' if demo else 'bench-' + model['profile']}` (`python -m "
+        "bench.run`); do not edit by hand. Raw figures of this run: "
+        f"`{results_file}` (results are git-ignored).",
         "",
         f"Measured on {report.timestamp} on {machine['cpu_count']} CPUs "
         f"({machine['cpu_model']}), {machine['ram_total_bytes'] / 1024**3:.1f} GiB RAM; "
@@ -330,6 +343,17 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         *(f"- {line}" for line in ratio_lines(report)),
         "",
     ]
+    targets = acceptance.lines(report)
+    if targets:
+        lines += [
+            "## Capacity targets",
+            "",
+            "Ratios within this run: against the peers at each level, the service's own tail "
+            "and scaling, open-loop p99 at 80% of its peak, memory growth, errors.",
+            "",
+            *(f"- {line}" for line in targets),
+            "",
+        ]
     if report.open_loop:
         header, rows = open_loop_rows(report)
         lines += [
@@ -397,4 +421,21 @@ def write_markdown(report: BenchReport, path: Path, results_file: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["SERVICE", "format_table", "format_text", "render_markdown", "write_markdown"]
+def main(argv: list[str] | None = None) -> int:
+    """Print (and with ``--markdown``, write) the report of a results file again."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="bench/results/<UTC time>.json")
+    parser.add_argument("--markdown", type=Path, help="rewrite this file (e.g. BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    result = BenchReport.from_json(json.loads(args.results.read_text(encoding="utf-8")))
+    print(format_text(result))
+    if args.markdown is not None:
+        write_markdown(result, args.markdown, str(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

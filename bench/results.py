@@ -8,7 +8,7 @@ from typing import Any
 from bench.closedloop import LoadStats
 from bench.inprocess import InProcessResult
 from bench.openloop import OpenLoopResult
-from bench.profiling import Profile
+from bench.profiling import FunctionShare, Profile
 
 SERVICE = "service"
 NAIVE = "naive"
@@ -133,6 +133,39 @@ class BenchReport:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of every figure."""
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        """The report :meth:`to_json` wrote (ratios recomputed from the rows)."""
+        rows = [LevelResult(**r) for r in data["rows"]]
+        inprocess = InProcessResult(**data["inprocess"])
+
+        def profile(p: dict[str, Any]) -> Profile:
+            top_own = [FunctionShare(**f) for f in p["top_own"]]
+            return Profile(p["samples"], top_own, [FunctionShare(**f) for f in p["top_total"]])
+
+        fields = {k: data[k] for k in ("timestamp", "command", "generator", "model", "inputs")}
+        fields |= {k: data[k] for k in ("config", "machine", "targets", "peers", "notes")}
+        return cls(
+            **fields,
+            rows=rows,
+            memory={k: MemoryResult(**v) for k, v in data["memory"].items()},
+            inprocess=inprocess,
+            ratios=compute_ratios(rows, data["targets"], inprocess),
+            open_loop=[
+                OpenLoopRow(
+                    o["target"], o["share_of_peak"], o["peak_rps"], OpenLoopResult(**o["result"])
+                )
+                for o in data["open_loop"]
+            ],
+            profiles=[
+                ProfileRow(
+                    p["target"], p["concurrency"], p["duration_s"], p["rps"], profile(p["profile"])
+                )
+                for p in data["profiles"]
+            ],
+            metrics_endpoint=data.get("metrics_endpoint"),
+        )
 
     @property
     def service_targets(self) -> list[str]:

@@ -70,22 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         try:
             for target in plan:
-                runs[target.name] = measure_target(
-                    target,
-                    bodies[target.body_format],
-                    generator,
-                    config,
-                    work,
-                    open_loop="open-loop" not in config.skip and target.kind in (SERVICE, "peer"),
-                    profile="profile" not in config.skip and target.kind == SERVICE,
-                )
+                try:
+                    runs[target.name] = measure_target(
+                        target,
+                        bodies[target.body_format],
+                        generator,
+                        config,
+                        work,
+                        open_loop="open-loop" not in config.skip
+                        and target.kind in (SERVICE, "peer"),
+                        profile="profile" not in config.skip and target.kind == SERVICE,
+                    )
+                except ServerFailed as exc:
+                    if target.kind != "peer":
+                        raise
+                    # A peer that fails says nothing about the service: report without it.
+                    notes.append(f"{target.name}: left out, it failed: {str(exc)[:300]}")
+                    progress(f"{target.name}: left out, it failed:\n{exc}")
+                    continue
                 notes.extend(runs[target.name].notes)
             limit = _inprocess(config, work)
         except (ServerFailed, WrkFailed, RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
 
-    kinds = {t.name: t.kind for t in plan}
+    kinds = {t.name: t.kind for t in plan if t.name in runs}
     rows = [row for run in runs.values() for row in run.rows]
     result = BenchReport(
         timestamp=started.isoformat(timespec="seconds"),
@@ -136,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios=compute_ratios(rows, kinds, limit),
         open_loop=[o for run in runs.values() for o in run.open_loop],
         profiles=[run.profile for run in runs.values() if run.profile is not None],
-        peers={p.name: {"label": targets.PEER_LABELS[p.name], **p.versions} for p in peers},
+        peers={
+            p.name: {"label": targets.PEER_LABELS[p.name], **p.versions}
+            for p in peers
+            if p.name in runs
+        },
         notes=notes,
         metrics_endpoint=any(
             r.mean_batch_size is not None for r in rows if kinds[r.target] == SERVICE

@@ -22,6 +22,9 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_DIR_ENV))
+"""Whether this process writes its samples for a group of workers: decided once, at import,
+exactly as prometheus-client decides where the values live."""
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -110,7 +113,7 @@ def publish_models(served: Iterable[tuple[str, int, str]]) -> None:
 
 def exposition() -> bytes:
     """The metrics in Prometheus text format: this process's, or every worker's added up."""
-    if os.environ.get(MULTIPROC_DIR_ENV):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

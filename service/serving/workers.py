@@ -1,11 +1,11 @@
 """Several server processes on one port: ``mmserve serve --workers N``.
 
 The supervisor (the process the user started) checks that the port is free, then starts
-N worker processes, each listening on the port with ``SO_REUSEPORT``: the kernel spreads
-new connections evenly over them (a single shared socket measured badly unbalanced: the
-least busy worker takes most connections, and keeps them). Each worker loads and verifies
-its own copy of the model and runs its own batcher, so N workers use up to N cores' worth
-of Python.
+N worker processes, each listening on the port with ``SO_REUSEPORT`` once its model is
+ready: the kernel spreads new connections evenly over them (a single shared socket
+measured badly unbalanced: the least busy worker takes most connections, and keeps
+them). Each worker loads and verifies its own copy of the model and runs its own batcher,
+so N workers use up to N cores' worth of Python.
 
     supervisor ── starts and watches the workers, no TensorFlow
       ├── worker 0 ── app + model + batcher
@@ -82,7 +82,7 @@ def run_workers(settings: Settings) -> int:
     metrics_dir = given_dir or tempfile.mkdtemp(prefix="mmserve-metrics-")
     for stale in Path(metrics_dir).glob("*.db"):  # a previous run's samples
         stale.unlink()
-    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+    os.environ[MULTIPROC_DIR_ENV] = metrics_dir  # inherited by the workers
     context = multiprocessing.get_context("spawn")
     states = context.RawArray("b", settings.workers)
     worker_settings = _per_worker(settings)
@@ -119,6 +119,7 @@ def run_workers(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not given_dir:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
@@ -186,12 +187,14 @@ def _check_port_free(settings: Settings) -> None:
             ) from None
 
 
-def _listen(settings: Settings) -> socket.socket:
-    """A worker's own listening socket on the shared port."""
+def _bound(settings: Settings) -> socket.socket:
+    """A worker's own socket on the shared port, bound but not yet listening: the server
+    listens once the model is loaded and verified, so a starting (or replacement) worker
+    never takes connections it cannot answer yet; until then the kernel sends every new
+    connection to the workers that listen."""
     sock = _socket(settings)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
-    sock.listen(max(2048, settings.max_connections))
     return sock
 
 
@@ -219,7 +222,7 @@ def _worker_main(settings: Settings, group: WorkerGroup) -> None:
     from service.serving.server import run_server
 
     try:
-        sock = _listen(settings)
+        sock = _bound(settings)
     except OSError as exc:
         log.error("worker %d cannot listen on port %d: %s", group.index, settings.port, exc)
         raise SystemExit(STARTUP_FAILURE) from None

@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     from service.training.options import (
         BACKBONES,
         DEFAULT_TEXT_ENCODER,
-        DEMO_TEXT_ENCODER,
         FUSIONS,
         PRESETS,
         TEXT_ENCODERS,
@@ -112,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-encoder",
         choices=TEXT_ENCODERS,
         default=None,
-        help=f"default {DEFAULT_TEXT_ENCODER} ({DEMO_TEXT_ENCODER} with --demo): ngrams "
+        help=f"default {DEFAULT_TEXT_ENCODER}: ngrams "
         "(TF-IDF bags of character 2..4 and word 1..2 n-grams, then a dense layer), or an "
         "embedding with lstm, bilstm or gru",
     )
@@ -143,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "image-only and text-only requests work (default 0)",
     )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--distribute",
+        choices=("none", "mirrored"),
+        default="none",
+        help="mirrored: train on every GPU of this machine with MirroredStrategy "
+        "(--batch-size is the global batch, split between them)",
+    )
     p.add_argument(
         "--data-mode",
         choices=("auto", "memory", "stream"),
@@ -198,7 +204,6 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The preset, then the demo's and the general defaults, then the consistency rules."""
     from service.training.options import (
         DEFAULT_TEXT_ENCODER,
-        DEMO_TEXT_ENCODER,
         apply_preset,
         check_combination,
     )
@@ -216,7 +221,7 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
         "backbone": "small_cnn",
         "image_weights": "none",
         "image_size": (64, 64) if args.demo else _prepared_size(args.data) or (128, 128),
-        "text_encoder": DEMO_TEXT_ENCODER if args.demo else DEFAULT_TEXT_ENCODER,
+        "text_encoder": DEFAULT_TEXT_ENCODER,
         # The demo's label depends on how image and text agree: a product of the two.
         "fusion": "bilinear" if args.demo else "concat",
     }
@@ -318,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         stream_above_mb=args.stream_above_mb,
         shuffle_buffer=args.shuffle_buffer,
         shards_dir=args.shards_dir,
+        distribute=args.distribute,
     )
     try:
         train(config, progress=lambda m: print(m, flush=True))

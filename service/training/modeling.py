@@ -14,6 +14,8 @@ Keras 3 a ``training=False`` given when the functional graph is built is overrid
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -179,23 +181,56 @@ def _caffe_preprocess(x: Any) -> Any:
     return out
 
 
-def build_text_encoder(config: ModelConfig, texts: np.ndarray) -> keras.Model:
-    """Text features from raw strings; vocabularies are adapted on ``texts`` (training)."""
-    inputs = keras.Input((1,), dtype="string", name="raw_text")
+def adapt_vectorizers(config: ModelConfig, texts: np.ndarray) -> list[layers.TextVectorization]:
+    """The text encoder's TextVectorization layers, adapted on ``texts`` (training).
+
+    Adapting cannot run inside a distribution strategy's scope (its string tables cannot
+    be mirrored), so it happens first; the trainable layers are built afterwards.
+    """
     corpus = np.asarray(texts, dtype=object).reshape(-1, 1)
-    if config.text_encoder == "ngrams":
-        return keras.Model(inputs, _ngram_features(config, inputs, corpus), name="text_encoder")
-    if config.text_encoder not in SEQUENCE_ENCODERS:
+    if config.text_encoder not in TEXT_ENCODERS:
         raise ValueError(
             f"unknown text encoder {config.text_encoder!r}; choose from {TEXT_ENCODERS}"
         )
-    vectorize = layers.TextVectorization(
-        max_tokens=config.vocab_size,
-        output_sequence_length=config.sequence_length,
-        standardize="lower_and_strip_punctuation",
-        name="vectorize",
-    )
-    vectorize.adapt(corpus)
+    if config.text_encoder in SEQUENCE_ENCODERS:
+        specs: list[dict[str, Any]] = [
+            {"output_sequence_length": config.sequence_length, "name": "vectorize"}
+        ]
+    else:
+        specs = [
+            {
+                "split": kind,
+                "ngrams": tuple(range(2 if kind == "character" and top >= 2 else 1, top + 1)),
+                "output_mode": config.ngram_weighting,
+                "name": f"{'char' if kind == 'character' else 'word'}_ngrams",
+            }
+            for kind, top in (
+                ("character", config.char_ngrams),
+                ("whitespace", config.word_ngrams),
+            )
+            if top > 0
+        ]
+        if not specs:
+            raise ValueError("the ngrams text encoder needs char_ngrams or word_ngrams > 0")
+    out = []
+    for spec in specs:
+        vectorize = layers.TextVectorization(
+            max_tokens=config.vocab_size, standardize="lower_and_strip_punctuation", **spec
+        )
+        vectorize.adapt(corpus)
+        out.append(vectorize)
+    return out
+
+
+def build_text_encoder(
+    config: ModelConfig, vectorizers: list[layers.TextVectorization]
+) -> keras.Model:
+    """Text features from raw strings, through the adapted ``vectorizers``."""
+    inputs = keras.Input((1,), dtype="string", name="raw_text")
+    if config.text_encoder == "ngrams":
+        features = _ngram_features(config, inputs, vectorizers)
+        return keras.Model(inputs, features, name="text_encoder")
+    (vectorize,) = vectorizers
     vocab = len(vectorize.get_vocabulary())
     x = vectorize(inputs)
     x = layers.Embedding(vocab, config.embedding_dim, mask_zero=True, name="embedding")(x)
@@ -208,30 +243,16 @@ def build_text_encoder(config: ModelConfig, texts: np.ndarray) -> keras.Model:
     return keras.Model(inputs, x, name="text_encoder")
 
 
-def _ngram_features(config: ModelConfig, inputs: Any, corpus: np.ndarray) -> Any:
+def _ngram_features(
+    config: ModelConfig, inputs: Any, vectorizers: list[layers.TextVectorization]
+) -> Any:
     """Bag of character and/or word n-grams (TF-IDF or counts), then one dense layer.
 
     Character n-grams see inside words never met in training (compound words, codes,
     file names), which a word vocabulary maps to one out-of-vocabulary token.
     """
-    bags = []
-    for kind, top in (("character", config.char_ngrams), ("whitespace", config.word_ngrams)):
-        if top <= 0:
-            continue
-        low = 2 if kind == "character" and top >= 2 else 1
-        vectorize = layers.TextVectorization(
-            max_tokens=config.vocab_size,
-            standardize="lower_and_strip_punctuation",
-            split=kind,
-            ngrams=tuple(range(low, top + 1)),
-            output_mode=config.ngram_weighting,
-            name=f"{'char' if kind == 'character' else 'word'}_ngrams",
-        )
-        vectorize.adapt(corpus)
-        # Flatten: the bag of a [N, 1] string input is declared [N, 1, V].
-        bags.append(layers.Flatten()(vectorize(inputs)))
-    if not bags:
-        raise ValueError("the ngrams text encoder needs char_ngrams or word_ngrams > 0")
+    # Flatten: the bag of a [N, 1] string input is declared [N, 1, V].
+    bags = [layers.Flatten()(vectorize(inputs)) for vectorize in vectorizers]
     x = bags[0] if len(bags) == 1 else layers.Concatenate(name="ngram_bag")(bags)
     return layers.Dense(config.text_units, activation="relu", name="ngram_dense")(x)
 
@@ -254,15 +275,28 @@ def fuse(config: ModelConfig, image_features: Any, text_features: Any) -> Any:
     raise ValueError(f"unknown fusion {config.fusion!r}; choose from {FUSIONS}")
 
 
-def build_model(config: ModelConfig, num_classes: int, texts: np.ndarray) -> keras.Model:
-    """The full classifier with named inputs ``image``/``text`` and softmax output."""
-    h, w = config.image_size
-    image = keras.Input((h, w, 3), dtype="float32", name="image")
-    text = keras.Input((1,), dtype="string", name="text")
-    fused = fuse(
-        config, build_image_encoder(config)(image), build_text_encoder(config, texts)(text)
-    )
-    x = layers.Dense(config.hidden_units, activation="relu", name="hidden")(fused)
-    x = layers.Dropout(config.dropout)(x)
-    out = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model({"image": image, "text": text}, out, name="mmserve_classifier")
+def build_model(
+    config: ModelConfig,
+    num_classes: int,
+    texts: np.ndarray,
+    scope: AbstractContextManager[Any] | None = None,
+) -> keras.Model:
+    """The full classifier with named inputs ``image``/``text`` and softmax output.
+
+    ``scope`` (a distribution strategy's) is entered after the text vocabularies are
+    adapted on ``texts``, for every layer with weights.
+    """
+    vectorizers = adapt_vectorizers(config, texts)
+    with scope or contextlib.nullcontext():
+        h, w = config.image_size
+        image = keras.Input((h, w, 3), dtype="float32", name="image")
+        text = keras.Input((1,), dtype="string", name="text")
+        fused = fuse(
+            config,
+            build_image_encoder(config)(image),
+            build_text_encoder(config, vectorizers)(text),
+        )
+        x = layers.Dense(config.hidden_units, activation="relu", name="hidden")(fused)
+        x = layers.Dropout(config.dropout)(x)
+        out = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model({"image": image, "text": text}, out, name="mmserve_classifier")

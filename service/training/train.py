@@ -27,7 +27,7 @@ from service.preprocessing import (
     golden_pixels,
     preprocess_image,
 )
-from service.training import baselines, evaluate, pipeline
+from service.training import baselines, distribute, evaluate, pipeline
 from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
 from service.training.modeling import ModelConfig, build_model, unfreeze_top
 from service.training.options import check_combination
@@ -61,6 +61,8 @@ class TrainConfig:
     stream_above_mb: int = 1024  # auto streams when the decoded pixels would exceed this
     shuffle_buffer: int = pipeline.DEFAULT_SHUFFLE_BUFFER  # streamed examples shuffled
     shards_dir: Path | None = None  # where a streamed manifest is prepared (then removed)
+    distribute: str = "none"  # none | mirrored (several devices of this machine)
+    devices: tuple[str, ...] | None = None  # mirrored: these devices (default: every GPU)
 
     def to_metadata(self) -> dict[str, Any]:
         out = asdict(self)
@@ -68,6 +70,7 @@ class TrainConfig:
         out.pop("model_store")
         out.pop("name")
         out.pop("shards_dir")
+        out["devices"] = list(self.devices) if self.devices else None
         out["model"]["image_size"] = list(self.model.image_size)
         return out
 
@@ -276,7 +279,10 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
         fine_tune_layers=config.fine_tune_layers,
         text_encoder=m.text_encoder,
     )
-    with _examples(config, progress) as ds:
+    with (
+        _examples(config, progress) as ds,
+        distribute.keras_workarounds(config.distribute != "none"),
+    ):
         return _train(config, ds, progress, started)
 
 
@@ -340,7 +346,13 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
         tf.config.experimental.enable_op_determinism()
     tr, te = ds.indices("train"), ds.indices("test")
     n = len(ds.labels)
-    model = build_model(m, n, ds.texts(tr))
+    strategy = distribute.strategy(
+        config.distribute, list(config.devices) if config.devices else None
+    )
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    if strategy is not None:
+        progress(f"training on {strategy.num_replicas_in_sync} replicas ({config.distribute})")
+    model = build_model(m, n, ds.texts(tr), strategy.scope() if strategy else None)
 
     def batches(split: str, **kw: Any) -> tf.data.Dataset:
         if ds.images is None:
@@ -364,25 +376,25 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
             return np.asarray(ds.thumbs[idx])
         return baselines.thumbnails(ds.images[idx])
 
-    fitted = _fit(
-        model,
-        batches("train", shuffle_seed=config.seed, modality_dropout=config.modality_dropout),
-        batches("val"),
-        config,
-        progress,
-    )
-    epochs_run = len(fitted.history["loss"])
-
     def probabilities(**kw: Any) -> np.ndarray:
         out = model.predict(batches("test", with_targets=False, **kw), verbose=0)
         return np.asarray(out, dtype=np.float32)
 
+    with scope:
+        fitted = _fit(
+            model,
+            batches("train", shuffle_seed=config.seed, modality_dropout=config.modality_dropout),
+            batches("val"),
+            config,
+            progress,
+        )
+        probs = probabilities()
+        ablation = {
+            "image_only": probabilities(blank="text"),
+            "text_only": probabilities(blank="image"),
+        }
+    epochs_run = len(fitted.history["loss"])
     y_test = ds.targets(te)
-    probs = probabilities()
-    ablation = {
-        "image_only": probabilities(blank="text"),
-        "text_only": probabilities(blank="image"),
-    }
     report = evaluate.report(y_test, probs, ds.labels, ablation)
     progress("fitting the baselines")
     base_metrics = baselines.fit_and_score(

@@ -39,7 +39,7 @@ def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
         uvicorn.Server, "run", lambda self, sockets=None: calls.append({"config": self.config})
     )
     monkeypatch.setenv("MMSERVE_SHUTDOWN_TIMEOUT_S", "12.5")
-    monkeypatch.setenv("MMSERVE_WORKERS", "1")  # one process: this test patches its server
+    monkeypatch.setenv("MMSERVE_WORKERS", "1")  # one process: the default depends on the cores
     argv = ["serve", "--host", "0.0.0.0", "--port", "9001", "--model-store", str(tmp_path)]
     argv += ["--model-name", "tiny", "--model-version", "2", "--device", "cpu"]
     # Never started (the patched run returns at once): uvicorn's start-up failure status.
@@ -60,3 +60,16 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         cli(argv)
     assert exit_info.value.code == 2
     assert "mmserve" in capsys.readouterr().err
+
+
+def test_serve_with_several_workers_hands_them_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.serving import workers
+
+    given: list[Any] = []
+    monkeypatch.setattr(workers, "run_workers", lambda settings: given.append(settings) or 0)
+    argv = ["serve", "--workers", "3", "--model-store", str(tmp_path), "--port", "9002"]
+    assert cli(argv) == 0
+    (settings,) = given
+    assert (settings.workers, settings.port, settings.model_store) == (3, 9002, tmp_path)

@@ -20,10 +20,11 @@ import httpx
 import msgpack
 import pytest
 
-from bench import closedloop, inputs, openloop, profiling, run, wrk
+from bench import acceptance, closedloop, inputs, openloop, profiling, report, run, wrk
 from bench.bodies import encode_msgpack, encode_multipart, encode_v2_json
 from bench.config import parse_config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
+from bench.results import BenchReport, LevelResult
 from bench.targets import MULTIPART
 from tests.support.bench_server import local_server
 
@@ -164,7 +165,8 @@ def test_profile_reduces_to_own_and_total_shares() -> None:
         [
             "main (app.py:1);loop (app.py:5);decode (img.py:10) 6",
             "main (app.py:1);loop (app.py:5);decode (img.py:12) 2",
-            "main (app.py:1);loop (app.py:5);respond (http.py:3) 2",
+            'process 7:"python -c from x import y; y()";main (app.py:1);loop (app.py:5);'
+            "respond (http.py:3) 2",
         ]
     )
     profile = profiling.reduce(raw)
@@ -226,11 +228,49 @@ def test_quick_benchmark_measures_every_row(trained_store: Path, tmp_path: Path)
     assert [o["share_of_peak"] for o in result["open_loop"]] == [0.5, 0.8]
     for o in result["open_loop"]:
         assert o["target"] == "service" and o["result"]["ok"] > 0
-    if profiling.executable() is not None:
+    # A profile, or a note saying why there is none (py-spy missing or not allowed to attach).
+    if result["profiles"]:
         assert result["profiles"][0]["profile"]["samples"] > 0
+    else:
+        assert any(n.startswith("no profile") for n in result["notes"]), result["notes"]
     inprocess = result["inprocess"]
     assert inprocess["single_p50_ms"] > 0 and inprocess["single_rps"] > 0
     assert inprocess["batch_items_per_s"] > 0 and inprocess["batch_size"] == 32
     assert result["memory"]["service"]["end_mib"] > 0
     assert result["model"] == {**result["model"], "name": "tiny", "version": 1}
     assert "service" in done.stdout and "in-process" in done.stdout and "floor" in done.stdout
+    # The results file alone is enough to print the report again.
+    assert "capacity targets:" in report.format_text(BenchReport.from_json(result))
+
+
+def _level(target: str, concurrency: int, rps: float, p50: float, p99: float) -> LevelResult:
+    return LevelResult(target, concurrency, int(rps), 0, {}, 1.0, rps, p50, p50, p99, None, None)
+
+
+def test_capacity_targets_are_read_as_ratios_within_the_run() -> None:
+    rows = [
+        _level("service", 1, 300, 4, 6),
+        _level("service", 32, 900, 30, 120),
+        _level("service", 64, 950, 60, 150),
+        _level("mosec", 1, 60, 17, 20),
+        _level("mosec", 32, 1000, 25, 50),
+        _level("mosec", 64, 900, 50, 60),
+    ]
+    report = BenchReport(
+        **dict.fromkeys(("timestamp", "command", "generator"), ""),
+        **{key: {} for key in ("model", "inputs", "config", "machine", "memory")},
+        targets={"service": "service", "mosec": "peer"},
+        rows=rows,
+        inprocess=None,  # type: ignore[arg-type]
+        ratios=None,  # type: ignore[arg-type]
+    )
+    found = {c.target: c.met for c in acceptance.checks(report, "service")}
+    assert found == {
+        "c=32: >= 1x mosec's throughput": False,
+        "c=64: >= 1x mosec's throughput": True,
+        "c=1: >= 1.3x mosec's throughput": True,
+        "c=32: p99 <= 3x p50": False,
+        "c=64: p99 <= 3x p50": True,
+        "throughput at c=64 >= at c=32": True,
+        "0 errors at every level": True,
+    }

@@ -19,9 +19,7 @@ def quick_train(
         name=name,
         model_store=store,
         model=model,
-        epochs=1,
-        batch_size=16,
-        **kw,  # type: ignore[arg-type]
+        **{"epochs": 1, "batch_size": 16, **kw},  # type: ignore[arg-type]
     )
     return train(config, progress=lambda _m: None)
 
