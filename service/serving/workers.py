@@ -116,6 +116,9 @@ def run_workers(settings: Settings) -> int:
         workers = [start(i) for i in range(settings.workers)]
         log.info("supervising %d workers on %s:%d", settings.workers, settings.host, settings.port)
         status = _supervise(workers, states, stop, start, multiprocess.mark_process_dead)
+        if not stop:  # a start-up failure; after a stop signal on_stop has told them already
+            for worker in workers:
+                _signal(worker.process, signal.SIGTERM)
         return _stop_all(workers, settings.shutdown_timeout_s + _DRAIN_MARGIN_S, status)
     finally:
         for sig, handler in previous.items():
@@ -155,9 +158,10 @@ def _supervise(
 
 
 def _stop_all(workers: list[_Worker], timeout: float, status: int) -> int:
-    """SIGTERM every worker, wait for them to drain, kill what is left; the exit status."""
-    for worker in workers:
-        _signal(worker.process, signal.SIGTERM)
+    """Wait for the signalled workers to drain, kill what is left; the exit status.
+
+    Each worker gets SIGTERM once: a second one, arriving after its server restored the
+    default handler on the way out, would kill it with status -15."""
     deadline = time.monotonic() + timeout
     for worker in workers:
         worker.process.join(max(0.0, deadline - time.monotonic()))
