@@ -10,7 +10,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]"; else pip install .; fi
+# The base install is the client only: the server needs the serve extra (gpu includes it).
+RUN if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]"; else pip install ".[serve]"; fi
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 mmserve \

@@ -24,7 +24,7 @@ from bench import inputs
 from bench.inputs import Sample
 from bench.load import percentile
 from service import model_store
-from service.inference.preprocessing import preprocess_image
+from service.preprocessing import preprocess_image
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def measure(
     """Load the latest version of ``name`` on the CPU and time (i) one request at a time,
     ``repetitions`` times, and (ii) decode + predict of ``batch_size`` pairs for
     ``duration_s`` (after ``warmup_s`` of the same)."""
-    from service.inference.classifier import TFClassifier, configure_tensorflow
+    from service.serving.inference.classifier import TFClassifier, configure_tensorflow
 
     device = configure_tensorflow("cpu")
     classifier = TFClassifier(model_store.resolve(store, name), device)

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
-from service.inference.preprocessing import preprocess_image
+from service.preprocessing import preprocess_image
 
 MODEL_ENV = "BENCH_NAIVE_MODEL"
 

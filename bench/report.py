@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import acceptance
@@ -87,7 +88,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
     return rows
 
 
-def side_by_side(report: BenchReport) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def side_by_side(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple[str, ...]]]:
     """One row per level, one column per target: ``req/s (p99 ms)``."""
     names = list(report.targets)
     by: dict[tuple[str, int], LevelResult] = {(r.target, r.concurrency): r for r in report.rows}
@@ -102,7 +103,7 @@ def side_by_side(report: BenchReport) -> tuple[tuple[str, ...], list[tuple[str, 
     return header, rows
 
 
-def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple[str, ...]]]:
     """One row per open-loop phase."""
     header = (
         "target",
@@ -196,7 +197,7 @@ def profile_blocks(report: BenchReport, markdown: bool) -> list[str]:
     return out
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], markdown: bool) -> list[str]:
     if markdown:
         align = "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"
         return [

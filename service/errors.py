@@ -11,6 +11,7 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     ├── NotFound (404)
     ├── RequestTimeout (408) -- the headers or body did not arrive within their deadline
     ├── ReloadRejected (409) -- no newer model version can be served; the old one stays
+    ├── ModelLoadFailed (409) -- a model asked for through the API cannot be loaded
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── UnprocessableInput (422)
@@ -90,6 +91,14 @@ class ReloadRejected(ServiceError):
 
     status_code = 409
     code = "reload_rejected"
+
+
+class ModelLoadFailed(ServiceError):
+    """A model the repository API was asked to load fails to load or verify (or cannot be
+    loaded here); what is served is unchanged."""
+
+    status_code = 409
+    code = "load_failed"
 
 
 class PayloadTooLarge(ServiceError):

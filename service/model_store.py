@@ -11,6 +11,8 @@ Layout (integer versions, highest = latest, as in TF Serving and Triton)::
         golden/golden.json     GoldenSet: inputs (files beside it) + the probabilities
         golden/<files>         training saw for them
         saved_model/           SavedModel export (serving_default signature), for TF Serving
+    <root>/<name>/labels.json  Routing: labels (``stable``, ``canary``) -> versions and the
+                               share of unpinned requests the canary takes (optional)
 
 A version is built in a hidden staging folder and renamed into place, so a reader never
 sees half a version. This module imports no TensorFlow.
@@ -43,7 +45,10 @@ SAVED_MODEL_DIR = "saved_model"
 GOLDEN_DIR = "golden"
 GOLDEN_INDEX = "golden.json"
 
+LABELS_FILE = "labels.json"
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 class ModelMetadata(BaseModel):
@@ -188,3 +193,42 @@ def publish(root: Path, name: str, staged: Path) -> ModelVersion:
         target = folder / str(version)
         os.rename(staged, target)
     return ModelVersion(name=name, version=version, path=target)
+
+
+class Routing(BaseModel):
+    """``<name>/labels.json``: which versions the labels point to, and the share of a
+    model's unpinned requests its ``canary`` version answers (None: the service's
+    ``canary_percent``)."""
+
+    labels: dict[str, int] = Field(default_factory=dict)
+    canary_percent: float | None = Field(None, ge=0, le=100)
+
+
+def validate_label(label: str) -> str:
+    """Labels are lower-case words: ``stable``, ``canary``, ``eu-prod``."""
+    if not _LABEL_RE.match(label):
+        raise ValueError(
+            f"invalid label {label!r}: use lower-case letters, digits, '_' and '-', "
+            "starting with a letter (at most 64 characters)"
+        )
+    return label
+
+
+def read_routing(root: Path, name: str) -> Routing:
+    """The model's labels file, or empty routing when it has none."""
+    file = root / name / LABELS_FILE
+    try:
+        return Routing.model_validate_json(file.read_bytes())
+    except FileNotFoundError:
+        return Routing()
+    except ValidationError as exc:
+        raise ArtifactError(f"{file} is not a valid labels file: {exc}") from exc
+
+
+def write_routing(root: Path, name: str, routing: Routing) -> None:
+    """Replace the model's labels file atomically (temporary file, then rename), under the
+    model folder's lock, so concurrent writers and readers never see half a file."""
+    folder = root / validate_name(name)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_json(folder / LABELS_FILE, routing.model_dump(exclude_none=True))

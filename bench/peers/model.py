@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.inference.preprocessing import preprocess_image
+from service.preprocessing import preprocess_image
 
 MODEL_ENV = "BENCH_PEER_MODEL"
 

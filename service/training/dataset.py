@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ServiceError
-from service.inference.preprocessing import decode_image
+from service.preprocessing import decode_image
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.inference.preprocessing import BLANK_TEXT
+from service.preprocessing import BLANK_TEXT
 
 # Examples held by the streaming shuffle buffer: memory stays flat however large the data.
 DEFAULT_SHUFFLE_BUFFER = 1024

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import ServiceError
-from service.inference.preprocessing import decode_image
+from service.preprocessing import decode_image
 from service.training.baselines import THUMBNAIL_SIDE, thumbnails
 from service.training.dataset import (
     SPLITS,

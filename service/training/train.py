@@ -20,14 +20,18 @@ import PIL
 import tensorflow as tf
 
 from service import model_store
-from service.inference.golden import golden_pixels
-from service.inference.preprocessing import BLANK_TEXT, blank_image, preprocess_image
+from service.preprocessing import (
+    BLANK_TEXT,
+    GOLDEN_TOLERANCE,
+    blank_image,
+    golden_pixels,
+    preprocess_image,
+)
 from service.training import baselines, distribute, evaluate, pipeline
 from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
 from service.training.modeling import ModelConfig, build_model, unfreeze_top
 from service.training.options import check_combination
 
-GOLDEN_TOLERANCE = 1e-4
 DATA_MODES = ("auto", "memory", "stream")
 
 

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.draining import start_draining
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier, image_bytes
+from service.serving.api.draining import start_draining
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier, image_bytes
 from tests.support.live import connect, free_port, multipart_head, read_response, serving
 
 DECLARED = 5_000_000

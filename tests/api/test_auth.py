@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service.api.auth import key_matches
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier, image_bytes
+from service.serving.api.auth import key_matches
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier, image_bytes
 
 KEY = "k3y-Alpha-0123456789"
 OTHER_KEY = "k3y-Beta-9876543210"

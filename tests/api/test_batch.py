@@ -7,7 +7,7 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.fakes import (
+from tests.support.fakes import (
     BLUE,
     GREEN,
     GREY,

@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 
 from service.main import cli
+from service.serving.api.state import app_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,8 @@ def test_serve_passes_options_as_settings(monkeypatch: pytest.MonkeyPatch, tmp_p
     config = call["config"]
     assert (config.host, config.port, config.log_level) == ("0.0.0.0", 9001, "warning")
     assert config.timeout_graceful_shutdown == 13  # whole seconds, rounded up
-    settings = config.app.state.settings
+    settings = app_state(config.app).settings
+    assert settings is not None
     assert settings.model_store == tmp_path
     assert (settings.model_name, settings.model_version, settings.device) == ("tiny", 2, "cpu")
 
@@ -63,7 +65,7 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
 def test_serve_with_several_workers_hands_them_the_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from service import workers
+    from service.serving import workers
 
     given: list[Any] = []
     monkeypatch.setattr(workers, "run_workers", lambda settings: given.append(settings) or 0)

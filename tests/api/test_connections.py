@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier, image_bytes
 from tests.support.live import (
     connect,
     free_port,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier, assert_serves, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier, assert_serves, image_bytes
 
 PNG = image_bytes()
 CASES: dict[str, tuple[dict[str, Any], int, str]] = {

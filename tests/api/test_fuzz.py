@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.python.asgi import shutdown_lifespans
 
-from service.app import create_app
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.inference.preprocessing import decode_image
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier, assert_serves
+from service.preprocessing import decode_image
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier, assert_serves
 
 MAX_PIXELS = 100_000
 CLIENT_STATUSES = {200, 400, 413, 415, 422}

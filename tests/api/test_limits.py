@@ -18,10 +18,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.inference.preprocessing import decode_image
-from service.settings import Settings
-from tests.api.fakes import GREEN, RED, FakeClassifier, assert_serves, expected, image_bytes
+from service.preprocessing import decode_image
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, RED, FakeClassifier, assert_serves, expected, image_bytes
 
 MIB = 1024 * 1024
 PNG = image_bytes()

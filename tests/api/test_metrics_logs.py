@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.app import create_app
-from service.logging_setup import JsonFormatter, configure_logging
 from service.model_store import ModelVersion
-from service.server import server_config
-from service.settings import Settings
-from tests.api.fakes import GREEN, FakeClassifier, image_bytes
+from service.serving.app import create_app
+from service.serving.logging_setup import JsonFormatter, configure_logging
+from service.serving.server import server_config
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, FakeClassifier, image_bytes
 
 KEY = "s3cret-Key-0123456789"
 AUTH = {"X-API-Key": KEY}

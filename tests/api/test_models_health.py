@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import LABELS, FakeClassifier, assert_serves, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import LABELS, FakeClassifier, assert_serves, image_bytes
 
 
 def test_models_list_and_detail(client: TestClient) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import GREEN, FakeClassifier, assert_serves, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, FakeClassifier, assert_serves, default_runtime, image_bytes
 
 
 class GatedFake(FakeClassifier):
@@ -51,7 +51,7 @@ def test_full_queue_gives_503_with_retry_after_then_serves(settings: Settings) -
         running = pool.submit(post, client)
         assert fake.entered.acquire(timeout=10)
         queued = pool.submit(post, client)
-        batcher = client.app.state.runtime.batcher  # type: ignore[attr-defined]
+        batcher = default_runtime(client.app).batcher  # type: ignore[arg-type]
         wait_for(lambda: batcher.queued_items == 1)
         refused = post(client)
         assert refused.status_code == 503

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.fakes import BLUE, GREY, LABELS, RED, FakeClassifier, expected, image_bytes
+from tests.support.fakes import BLUE, GREY, LABELS, RED, FakeClassifier, expected, image_bytes
 
 
 def predict(client: TestClient, data: bytes, text: str, **fields: str) -> httpx.Response:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.draining import start_draining
-from service.app import create_app
 from service.errors import ArtifactError
-from service.inference.classifier import Classifier
 from service.model_store import ModelVersion
-from service.settings import Settings
-from tests.api.fakes import GREEN, FakeClassifier, assert_serves, image_bytes
+from service.serving.api.draining import start_draining
+from service.serving.app import create_app
+from service.serving.inference.classifier import Classifier
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, FakeClassifier, assert_serves, image_bytes
 
 
 class VersionedFake(FakeClassifier):

@@ -16,11 +16,11 @@ import numpy as np
 import psutil
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.inference.classifier import Classifier
 from service.model_store import ModelVersion
-from service.settings import Settings
-from tests.api.fakes import GREEN, LABELS, FakeClassifier, image_bytes
+from service.serving.app import create_app
+from service.serving.inference.classifier import Classifier
+from service.serving.settings import Settings
+from tests.support.fakes import GREEN, LABELS, FakeClassifier, default_runtime, image_bytes
 
 SOAK_REQUESTS = 2000
 SOAK_RELOADS = 10
@@ -141,8 +141,8 @@ def test_overload_gets_503_with_retry_after_and_the_service_recovers(settings: S
         async with serving(app) as client:
             await asyncio.gather(*(client_loop(client) for _ in range(OVERLOAD_CLIENTS)))
             # Afterwards: nothing queued, nothing held, ready, and serving normally.
-            assert app.state.runtime.batcher.queued_items == 0
-            assert app.state.runtime.in_flight.count == 0
+            assert default_runtime(app).batcher.queued_items == 0
+            assert default_runtime(app).in_flight.count == 0
             assert (await client.get("/health/ready")).status_code == 200
             after = await predict(client, image)
             assert after.status_code == 200 and after.json()["label"] == "green"

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.errors import NotFound
-from service.settings import Settings
+from service.serving.app import create_app
+from service.serving.settings import Settings
 
 
 def test_missing_model_fails_start_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

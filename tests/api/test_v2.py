@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import BLUE, GREEN, LABELS, RED, FakeClassifier, expected, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import BLUE, GREEN, LABELS, RED, FakeClassifier, expected, image_bytes
 
 httpclient = pytest.importorskip("tritonclient.http")
 

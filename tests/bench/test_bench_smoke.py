@@ -26,7 +26,7 @@ from bench.config import parse_config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
 from bench.results import BenchReport, LevelResult
 from bench.targets import MULTIPART
-from tests.bench.local_server import local_server
+from tests.support.bench_server import local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

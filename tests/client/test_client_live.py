@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.client import AsyncClient, Client, Prediction
-from tests.e2e.test_real_model import (
+from tests.support.servers import (
     cli_server_command,
     golden_examples,
     post_predict,

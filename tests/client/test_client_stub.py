@@ -24,9 +24,9 @@ from service.client import (
     TransportError,
     UnavailableError,
 )
-from service.client_core import RetryPolicy
+from service.client.core import RetryPolicy
 from service.main import cli
-from tests.client.stub_server import PREDICTION, Reply, Script, error, serve
+from tests.support.stub_server import PREDICTION, Reply, Script, error, serve
 
 CLOSED_URL = "http://127.0.0.1:9"  # discard port: nothing listens there in the test machine
 

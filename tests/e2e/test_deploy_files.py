@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_real_model import ROOT, cli_server_command, running_server
+from tests.support.servers import ROOT, cli_server_command, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import model_store
-from service.app import create_app
-from service.settings import Settings
-from tests.e2e.test_real_model import (
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.servers import (
     ROOT,
     cli_server_command,
     copy_store,

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.test_real_model import (
+from tests.support.servers import (
     cli_server_command,
     golden_examples,
     post_predict,

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_real_model import (
+from tests.e2e.test_reload_shutdown import SlowUpload, in_flight, multipart, poll, probe
+from tests.support.servers import (
     ROOT,
     cli_server_command,
     copy_store,
@@ -26,7 +27,6 @@ from tests.e2e.test_real_model import (
     server_env,
     wait_until_ready,
 )
-from tests.e2e.test_reload_shutdown import SlowUpload, in_flight, multipart, poll, probe
 
 pytestmark = pytest.mark.slow
 

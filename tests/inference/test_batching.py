@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
-from service.inference.batching import AdaptiveBatcher
+from service.serving.inference.batching import AdaptiveBatcher
 
 
 class GatedModel:

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.inference.preprocessing import (
+from service.preprocessing import (
     SUPPORTED_FORMATS,
     blank_image,
     decode_image,
     preprocess_image,
 )
-from service.settings import ImageFormat
+from service.serving.settings import ImageFormat
 
 SIZE = (16, 24)  # (height, width): not square, so a swapped axis would show
 

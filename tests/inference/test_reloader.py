@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from service.errors import ArtifactError, ReloadRejected, ServiceUnavailable
-from service.inference import reloader as reloader_module
-from service.inference.classifier import Classifier
-from service.inference.reloader import ModelReloader
-from service.inference.runtime import Runtime
 from service.model_store import ModelVersion
-from service.settings import Settings
-from tests.api.fakes import SIZE, FakeClassifier
+from service.serving.inference import reloader as reloader_module
+from service.serving.inference.classifier import Classifier
+from service.serving.inference.reloader import ModelReloader
+from service.serving.inference.runtime import Runtime
+from service.serving.settings import Settings
+from tests.support.fakes import SIZE, FakeClassifier
 
 
 class VersionedFake(FakeClassifier):

@@ -185,7 +185,7 @@ def predictor_pod_spec(doc: Doc) -> Doc:
 def setting_env_names() -> frozenset[str]:
     """``MMSERVE_*`` names of every Settings field (read from the class, so new fields
     count as soon as they exist)."""
-    from service.settings import Settings
+    from service.serving.settings import Settings
 
     prefix = str(Settings.model_config.get("env_prefix", ""))
     return frozenset(f"{prefix}{name}".upper() for name in Settings.model_fields)
@@ -203,7 +203,7 @@ def is_get_route(path: str) -> bool:
 
 @functools.cache
 def app_routes() -> tuple[Any, ...]:
-    from service.app import create_app
+    from service.serving.app import create_app
 
     return tuple(create_app().router.routes)
 
@@ -222,7 +222,7 @@ def exported_metrics() -> frozenset[str]:
     """Every sample name ``GET /metrics`` can carry for the service's own metrics."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from service import metrics
+    from service.serving import metrics
 
     names = set()
     for value in vars(metrics).values():
@@ -248,7 +248,7 @@ def dockerfile_env(name: str) -> str:
 
 
 def settings_default(field: str) -> Any:
-    from service.settings import Settings
+    from service.serving.settings import Settings
 
     return Settings.model_fields[field].default
 
@@ -388,7 +388,7 @@ def settings_problems(owner: str, env: dict[str, str | None]) -> list[str]:
     """MMSERVE_* names must be settings, and their values valid settings."""
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from service.serving.settings import Settings
 
     known = setting_env_names()
     problems = [

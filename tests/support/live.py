@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 from fastapi import FastAPI
 
-from service.server import GracefulServer, server_config
-from service.settings import Settings
+from service.serving.server import GracefulServer, server_config
+from service.serving.settings import Settings
 
 WAIT_S = 30.0
 

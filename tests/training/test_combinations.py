@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service import model_store
-from tests.training.support import quick_train, serve_check
+from tests.support.training import quick_train, serve_check
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_option_trains_saves_reloads_and_passes_the_golden_check(
     assert serve_check(version) <= 1e-4
     # The SavedModel export gives the same probabilities as training did.
     golden = model_store.load_golden(version.path)
-    from service.inference.golden import golden_pixels
+    from service.serving.inference.golden import golden_pixels
 
     pixels = np.stack([golden_pixels(version.golden_dir, ex, SIZE) for ex in golden.examples])
     texts = np.array([[ex.text] for ex in golden.examples])

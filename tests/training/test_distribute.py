@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service import model_store
-from tests.training.support import serve_check
+from tests.support.training import serve_check
 
 
 def test_the_keras_workaround_still_targets_the_bug() -> None:

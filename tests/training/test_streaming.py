@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service import model_store
-from tests.training.support import quick_train
+from tests.support.training import quick_train
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_shards_hold_the_services_pixels_and_the_same_fingerprint(
 ) -> None:
     import tensorflow as tf
 
-    from service.inference.preprocessing import decode_image
+    from service.preprocessing import decode_image
     from service.training.dataset import load_dataset
     from service.training.pipeline import from_shards
     from service.training.shards import load_prepared, prepare

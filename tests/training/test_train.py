@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service import model_store
-from service.inference.golden import golden_pixels
+from service.serving.inference.golden import golden_pixels
 from tests.conftest import TINY_IMAGE_SIZE
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import FakeClassifier
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import FakeClassifier
 
 PAGE_FILES = ("/ui/playground.js", "/ui/style.css", "/ui/favicon.svg")
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from service.app import create_app, load_classifier
-from service.settings import Settings
-from tests.e2e.test_real_model import post_predict
+from service.serving.app import create_app
+from service.serving.settings import Settings
 from tests.support.browser import opened, screenshot
 from tests.support.live import free_port, serving
+from tests.support.servers import post_predict
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -42,8 +42,8 @@ def served(trained_store: Path) -> Iterator[str]:
         log_level="warning",
         access_log=False,
     )
-    classifier = load_classifier(settings)  # before serving: the load takes its own time
-    with serving(create_app(settings, classifier=classifier), settings) as port:
+    # The model loads, warms up and passes its golden check before the server starts.
+    with serving(create_app(settings), settings) as port:
         yield f"http://127.0.0.1:{port}"
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
-from tests.api.fakes import GREEN, FakeClassifier, image_bytes
+from service.serving.app import create_app
+from service.serving.settings import Settings
 from tests.support.browser import opened
+from tests.support.fakes import GREEN, FakeClassifier, image_bytes
 from tests.support.live import free_port, serving
 
 if TYPE_CHECKING:

@@ -1,0 +1,118 @@
+"""Every error leaves the API as ``{"error": {"code", "message"}}`` with its HTTP status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.errors import ServiceError, UnprocessableInput
+from service.serving.api.v1.schemas import ErrorResponse
+
+log = logging.getLogger("mmserve.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: UnprocessableInput.code,
+}
+
+_DESCRIPTIONS = {
+    400: "The image cannot be decoded, or the body is malformed.",
+    401: "API keys are configured and the request carries none that matches "
+    "(send `Authorization: Bearer <key>` or `X-API-Key: <key>`).",
+    404: "No such model, version or label served here.",
+    409: "Newer model versions exist but none loads and verifies (the served one stays), "
+    "or a model to load fails to load or verify.",
+    413: "The body is larger than max_request_bytes, an image declares too many pixels, "
+    "or a batch holds too many items.",
+    415: "The body has a content type this endpoint does not accept, or an image is in a "
+    "format the service does not allow.",
+    422: "A field is missing or invalid, or the text is too long.",
+    503: "The model is not loaded yet, too many requests are in flight, the queue is full, "
+    "or the service is shutting down (see Retry-After). Refused before the body is read.",
+    504: "The model did not answer within the request deadline.",
+}
+
+
+V2_PREFIX = "/v2"
+"""Paths of the Open Inference Protocol, whose errors are ``{"error": "<message>"}``."""
+
+
+def error_json(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    path: str = "",
+) -> JSONResponse:
+    """The error body every failure uses (the protocol's own on ``/v2`` paths)."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """Validation errors (pydantic's or FastAPI's) as one line: ``where: what; ...``."""
+    problems = []
+    for err in errors:
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return "; ".join(problems)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_json(
+        exc.status_code, exc.code, exc.message, exc.headers or None, path=request.url.path
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message = validation_message(exc.errors()) or "invalid request"
+    return error_json(422, UnprocessableInput.code, message, path=request.url.path)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_json(
+        exc.status_code, code, str(exc.detail), dict(exc.headers or {}), path=request.url.path
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # One line only: Starlette re-raises after this response, so the server logs the traceback.
+    log.error(
+        "unexpected error on %s %s: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc,
+    )
+    return error_json(500, ServiceError.code, "internal server error", path=request.url.path)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map service, validation, HTTP and unexpected errors to the error body."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,118 @@
+"""Admission control: refuse work the service cannot take before paying for it.
+
+A pure ASGI middleware in front of the routes. A model request (any POST) is refused with
+503, ``Retry-After`` and ``Connection: close`` before a byte of its body is read when
+
+- the service is draining (SIGTERM): the load balancer should send it elsewhere;
+- ``max_in_flight`` POST requests are already being handled: memory for request bodies
+  stays under ``max_in_flight x max_request_bytes`` whatever clients send;
+- the batcher's queue of the model the request would go to is full (the default model's
+  for ``/v1/predict``, model ``{name}``'s for ``/v1/models/{name}/...`` and
+  ``/v2/models/{name}/...``): the request could only be refused after decoding.
+
+A refusal costs the parsing of the request line and headers and nothing else. A body of
+up to 64 KiB (which the server has most likely received already) is discarded and the
+connection kept for the client's next request; a larger or unannounced one closes the
+connection rather than be read only to be thrown away.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
+from service.serving.api.errors import error_json
+from service.serving.api.state import app_state
+
+_MODEL_PATH = re.compile(r"^/v[12]/models/([^/]+)/")
+
+RETRY_AFTER_S = 1
+"""What a refused client is told to wait: capacity frees up within a batch or two."""
+
+DRAIN_RETRY_AFTER_S = 5
+"""What a client refused by a draining process is told to wait (another replica answers)."""
+
+KEEP_ALIVE_BODY_BYTES = 64 * 1024
+"""Largest declared body a refusal discards to keep the connection (the server's read
+buffer holds this much anyway)."""
+
+
+class AdmissionControl:
+    """Refuse POST requests while draining, over the in-flight cap, or with a full queue."""
+
+    def __init__(
+        self, app: ASGIApp, refusal: Callable[[int, str], ServiceUnavailable | None]
+    ) -> None:
+        self.app = app
+        self._refusal = refusal
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(self.in_flight, scope["path"])
+        if refusal is not None:
+            headers = dict(refusal.headers)
+            if not _small_body(scope) or isinstance(refusal, ShuttingDown):
+                headers["Connection"] = "close"
+            response = error_json(
+                refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _small_body(scope: Scope) -> bool:
+    """Whether the request declares a body small enough to discard (not chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= KEEP_ALIVE_BODY_BYTES
+    return False
+
+
+def install_admission_control(app: FastAPI) -> None:
+    """Refuse model requests the service cannot take, per the running settings."""
+    state = app_state(app)
+
+    def refusal(in_flight: int, path: str) -> ServiceUnavailable | None:
+        if state.draining:
+            return ShuttingDown("the service is shutting down", retry_after=DRAIN_RETRY_AFTER_S)
+        settings = state.settings
+        if settings is None:
+            return None  # not started: the routes answer 503 themselves
+        if in_flight >= settings.max_in_flight:
+            return Overloaded(
+                f"{in_flight} requests in flight (limit {settings.max_in_flight}); retry shortly",
+                retry_after=RETRY_AFTER_S,
+            )
+        registry = state.registry
+        model = registry.find(_model_name(path)) if registry is not None else None
+        if model is None:
+            return None  # not a model request, or one the route answers 404
+        batcher = model.primary().batcher
+        if batcher.full:
+            return QueueFull(
+                f"the queue of {model.name} holds {batcher.queued_items} items "
+                f"(limit {settings.max_queue_items}); retry shortly",
+                retry_after=RETRY_AFTER_S,
+            )
+        return None
+
+    app.add_middleware(AdmissionControl, refusal=refusal)
+
+
+def _model_name(path: str) -> str | None:
+    """The model a POST is for: ``{name}`` of ``/v1/models/{name}/...`` or
+    ``/v2/models/{name}/...``; None (the default model) for any other path."""
+    match = _MODEL_PATH.match(path)
+    return match.group(1) if match else None

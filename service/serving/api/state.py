@@ -1,0 +1,45 @@
+"""The application's state, typed: what the lifespan builds and every layer reads.
+
+One object on ``app.state`` instead of loose attributes: the settings (known once the
+lifespan read them), the registry of served models (once start-up loaded them), the
+worker group this process belongs to, and the draining flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+
+from service.serving.inference.registry import ModelRegistry
+from service.serving.settings import Settings
+from service.serving.worker_state import WorkerGroup
+
+_KEY = "mmserve"
+
+
+@dataclass
+class AppState:
+    """Everything the routes and middleware need from the running service."""
+
+    settings: Settings | None = None
+    """The settings the service started with; None until the lifespan has read them."""
+    registry: ModelRegistry | None = None
+    """The served models; None until start-up has loaded them, and after shutdown."""
+    workers: WorkerGroup | None = None
+    """The group of worker processes this one belongs to, if any."""
+    draining: bool = False
+    """Set the moment the process is asked to stop: new model requests get 503."""
+
+
+def install_state(app: Starlette, state: AppState) -> AppState:
+    """Attach ``state`` to ``app``."""
+    setattr(app.state, _KEY, state)
+    return state
+
+
+def app_state(app: Starlette) -> AppState:
+    """The state :func:`install_state` attached to ``app``."""
+    state = getattr(app.state, _KEY)
+    assert isinstance(state, AppState)
+    return state

@@ -1,0 +1,244 @@
+"""The native model API: what is served and how to call it (``GET /v1/models[/{name}]``),
+hot reload, labels and canary traffic, and loading and unloading models.
+
+Everything here but the ``GET``s changes what the service serves: keep those routes from
+ordinary clients (API keys, or a proxy that only lets ``/v1/predict`` and
+``/v1/models/{name}/.../predict`` through).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.errors import ModelLoadFailed, UnprocessableInput
+from service.serving.api.deps import RegistryDep, StateDep
+from service.serving.api.errors import error_responses
+from service.serving.api.state import AppState
+from service.serving.api.v1.schemas import (
+    CanaryUpdate,
+    LabelUpdate,
+    ModelDescription,
+    ModelList,
+    ReloadResponse,
+    RepositoryChange,
+    RepositoryModel,
+    TensorSpec,
+)
+from service.serving.inference.registry import ModelRegistry, ServedModel
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def describe_model(model: ServedModel) -> ModelDescription:
+    """Describe a served model by the version unpinned requests get."""
+    classifier = model.primary().classifier
+    h, w = classifier.image_size
+    meta = classifier.metadata
+    return ModelDescription(
+        name=classifier.name,
+        version=classifier.version,
+        versions=model.versions,
+        version_labels=model.labels,
+        canary_percent=model.canary_percent,
+        memory_bytes={str(v): model.memory.get(v) for v in model.versions},
+        labels=list(classifier.labels),
+        device=classifier.device,
+        inputs=[
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=[-1, h, w, 3],
+                description="RGB pixels 0..255 after decoding any image file and stretching "
+                "it to the model's size (the API does this for uploaded files).",
+            ),
+            TensorSpec(
+                name="text",
+                dtype="string",
+                shape=[-1],
+                description="Raw text; the model normalises and tokenises it ('' = no text).",
+            ),
+        ],
+        outputs=[
+            TensorSpec(
+                name="probabilities",
+                dtype="float32",
+                shape=[-1, len(classifier.labels)],
+                description="Softmax over the labels, in label order.",
+            )
+        ],
+        metrics=dict(meta.metrics),
+        created_at=meta.created_at,
+        framework=dict(meta.framework),
+    )
+
+
+def repository(registry: ModelRegistry) -> list[RepositoryModel]:
+    """Every model of the store (and every served one) with its state."""
+    return [
+        RepositoryModel(
+            name=entry.name,
+            versions=entry.versions,
+            served=entry.served,
+            state="READY" if entry.ready else "UNAVAILABLE",
+        )
+        for entry in registry.repository()
+    ]
+
+
+@router.get(
+    "",
+    summary="List the served models",
+    response_model=ModelList,
+    response_model_exclude_unset=True,
+    responses=error_responses(503),
+)
+async def list_models(
+    registry: RegistryDep,
+    include_repository: Annotated[
+        bool, Query(alias="repository", description="Also list every model of the store.")
+    ] = False,
+) -> ModelList:
+    """Every model this server serves, with its versions, labels and memory."""
+    models = [describe_model(model) for _, model in sorted(registry.models.items())]
+    if include_repository:
+        return ModelList(models=models, repository=repository(registry))
+    return ModelList(models=models)
+
+
+@router.get(
+    "/{name}",
+    summary="Describe one model",
+    response_model=ModelDescription,
+    responses=error_responses(404, 503),
+)
+async def get_model(name: str, registry: RegistryDep) -> ModelDescription:
+    """Labels, device, input and output signature, metrics and provenance of a model."""
+    return describe_model(registry.get(name))
+
+
+def _tell_workers(state: AppState) -> None:
+    """Make the other worker processes re-read labels and check the store now."""
+    if state.workers is not None:
+        state.workers.reload_all()
+
+
+@router.post(
+    "/{name}/reload",
+    summary="Serve the newest version of a model now",
+    response_model=ReloadResponse,
+    responses=error_responses(404, 409, 503),
+)
+async def reload_model(name: str, state: StateDep, registry: RegistryDep) -> ReloadResponse:
+    """Load the newest version in the model store beside the served one, verify it against
+    its golden examples, and swap it in; requests in flight finish on the old version.
+
+    ``reloaded`` is false when the served version is already the newest (or is pinned).
+    409 when newer versions exist but none loads and verifies: the served one stays, and a
+    rejected version is not tried again. The watcher (``reload_poll_s``) does the same on
+    its own. With several worker processes, every worker checks the store too.
+    """
+    reloader = registry.get(name).reloader
+    assert reloader is not None
+    outcome = await reloader.reload()
+    _tell_workers(state)
+    return ReloadResponse(
+        model=outcome.model,
+        version=outcome.version,
+        previous_version=outcome.previous_version,
+        reloaded=outcome.reloaded,
+        message=outcome.message,
+    )
+
+
+_CHANGE: dict[str, Any] = {
+    "response_model": ModelDescription,
+    "responses": error_responses(400, 404, 422, 503),
+}
+
+
+@router.put("/{name}/labels/{label}", summary="Point a label at a version, or remove it", **_CHANGE)
+async def set_label(
+    name: str, label: str, body: LabelUpdate, state: StateDep, registry: RegistryDep
+) -> ModelDescription:
+    """Point ``label`` at a served version (stored in the model store's labels file);
+    ``{"version": null}`` removes the label."""
+    try:
+        if body.version is None:
+            model = await registry.remove_label(name, label)
+        else:
+            model = await registry.set_label(name, label, body.version)
+    except ValueError as exc:
+        raise _invalid(exc) from exc
+    _tell_workers(state)
+    return describe_model(model)
+
+
+@router.put("/{name}/canary", summary="Send a share of traffic to a canary version", **_CHANGE)
+async def set_canary(
+    name: str, body: CanaryUpdate, state: StateDep, registry: RegistryDep
+) -> ModelDescription:
+    """Point ``canary`` at a served version and send it ``percent`` of the unpinned
+    requests; the rest go to ``stable`` (set to the version served now when unset)."""
+    model = await registry.set_canary(name, body.version, body.percent)
+    _tell_workers(state)
+    return describe_model(model)
+
+
+@router.post("/{name}/promote", summary="Make the canary the stable version", **_CHANGE)
+async def promote(name: str, state: StateDep, registry: RegistryDep) -> ModelDescription:
+    """``stable`` moves to the canary's version and the canary label goes: every unpinned
+    request gets the new version. Requests in flight finish where they started."""
+    model = await registry.promote(name)
+    _tell_workers(state)
+    return describe_model(model)
+
+
+@router.post("/{name}/rollback", summary="Send no more traffic to the canary", **_CHANGE)
+async def rollback(name: str, state: StateDep, registry: RegistryDep) -> ModelDescription:
+    """The canary label goes: every unpinned request gets ``stable`` again."""
+    model = await registry.rollback(name)
+    _tell_workers(state)
+    return describe_model(model)
+
+
+_REPOSITORY: dict[str, Any] = {
+    "response_model": RepositoryChange,
+    "responses": error_responses(400, 404, 409, 503),
+}
+
+
+def refuse_with_workers(state: AppState) -> None:
+    """Load and unload act on one process: refuse them in a group of workers, where the
+    others would not follow."""
+    if state.workers is not None and state.workers.size > 1:
+        raise ModelLoadFailed(
+            "loading and unloading through the API needs a single worker process "
+            "(MMSERVE_WORKERS=1); with several, change MMSERVE_MODELS and restart"
+        )
+
+
+@router.post("/{name}/load", summary="Load a model from the store", **_REPOSITORY)
+async def load_model(name: str, state: StateDep, registry: RegistryDep) -> RepositoryChange:
+    """Load the model's versions (per the version policy) through the same load, warm-up
+    and golden check as start-up, and serve them. 409 when a version fails."""
+    refuse_with_workers(state)
+    try:
+        model = await registry.load(name)
+    except ValueError as exc:
+        raise _invalid(exc) from exc
+    return RepositoryChange(model=name, versions=model.versions, state="READY")
+
+
+@router.post("/{name}/unload", summary="Stop serving a model", **_REPOSITORY)
+async def unload_model(name: str, state: StateDep, registry: RegistryDep) -> RepositoryChange:
+    """New requests for the model get 404 at once; requests in flight finish (up to
+    ``shutdown_timeout_s``), then its versions are closed."""
+    refuse_with_workers(state)
+    versions = await registry.unload(name)
+    return RepositoryChange(model=name, versions=versions, state="UNAVAILABLE")
+
+
+def _invalid(exc: ValueError) -> UnprocessableInput:
+    return UnprocessableInput(str(exc))

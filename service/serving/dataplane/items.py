@@ -1,0 +1,42 @@
+"""What every protocol decodes a request into: image+text items, with the text limit and
+base64 decoding shared by the JSON bodies of v1 and v2."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from service.errors import InvalidBase64, TextTooLong, UnprocessableInput
+
+
+@dataclass(frozen=True)
+class Item:
+    """One encoded image file with its text."""
+
+    image: bytes
+    text: str
+
+
+def check_text(text: str, max_chars: int, where: str = "") -> None:
+    """Refuse a text longer than ``max_chars`` characters, or one that is not valid Unicode."""
+    if len(text) > max_chars:
+        raise TextTooLong(f"{where}the text has {len(text)} characters; the limit is {max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A JSON "\ud800" escape decodes to a lone surrogate, which the model's string
+        # tensor cannot hold: refuse it here rather than fail inside the model call.
+        raise UnprocessableInput(
+            f"{where}the text is not valid Unicode: {exc.reason} at character {exc.start}"
+        ) from None
+
+
+def decode_b64(data: str, where: str = "") -> bytes:
+    """Bytes from standard or URL-safe base64, with or without padding."""
+    text = "".join(data.split())
+    alphabet = b"-_" if ("-" in text or "_" in text) else None
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=alphabet, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidBase64(f"{where}image.b64 is not valid base64: {exc}") from exc

@@ -1,0 +1,63 @@
+"""Image decoding for requests, on a bounded pool of threads so the event loop never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.preprocessing import SUPPORTED_FORMATS, preprocess_image
+
+# What a client's file can fail with; anything else is the server's fault.
+_CLIENT_ERRORS = (InvalidImage, PayloadTooLarge, UnsupportedMediaType)
+
+
+class ImageDecoder:
+    """Turns encoded image files into the model's image input with the shared preprocessing."""
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        max_pixels: int,
+        workers: int,
+        allowed_formats: frozenset[str] = SUPPORTED_FORMATS,
+    ) -> None:
+        self.size = size
+        self.max_pixels = max_pixels
+        self.allowed_formats = allowed_formats
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="mmserve-decode"
+        )
+
+    async def decode(self, files: Sequence[bytes]) -> np.ndarray:
+        """Decode every file concurrently into float32 ``[N, H, W, 3]`` in request order.
+
+        Raises the :class:`InvalidImage`, :class:`UnsupportedMediaType` or
+        :class:`PayloadTooLarge` of the first bad file (by position); with several files the
+        message names its position.
+        """
+        loop = asyncio.get_running_loop()
+        decode = functools.partial(
+            preprocess_image,
+            size=self.size,
+            max_pixels=self.max_pixels,
+            allowed_formats=self.allowed_formats,
+        )
+        jobs = [loop.run_in_executor(self._executor, decode, data) for data in files]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, result in enumerate(results):
+            if isinstance(result, _CLIENT_ERRORS):
+                if len(files) == 1:
+                    raise result
+                raise type(result)(f"image {i}: {result.message}") from result
+            if isinstance(result, BaseException):
+                raise result
+        return np.stack(results)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop the decoding threads."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

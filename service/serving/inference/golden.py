@@ -1,0 +1,54 @@
+"""Proof at start-up that serving reproduces training.
+
+The artifact stores a few inputs as files with the probabilities the trained model gave
+them. Replaying them through the serving path (bytes -> shared preprocessing -> compiled
+model) must give the same probabilities, or the service refuses to become ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import ArtifactError
+from service.model_store import ModelVersion, load_golden
+from service.preprocessing import GOLDEN_TOLERANCE, golden_pixels
+from service.serving.inference.classifier import Classifier
+
+
+@dataclass(frozen=True)
+class GoldenReport:
+    examples: int
+    max_abs_diff: float
+    tolerance: float
+
+
+def verify_golden(
+    classifier: Classifier, version: ModelVersion, tolerance: float = GOLDEN_TOLERANCE
+) -> GoldenReport:
+    """Replay the golden examples one by one; raise :class:`ArtifactError` on any drift."""
+    golden = load_golden(version.path)
+    if not golden.examples:
+        raise ArtifactError(f"{version.path}: the golden set is empty")
+    worst = 0.0
+    for i, ex in enumerate(golden.examples):
+        try:
+            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size)
+        except OSError as exc:
+            raise ArtifactError(f"golden example {i}: cannot read {ex.image}: {exc}") from exc
+        probs = classifier.predict(pixels[None], [ex.text])[0]
+        expected = np.asarray(ex.probabilities, dtype=np.float32)
+        if probs.shape != expected.shape:
+            raise ArtifactError(
+                f"golden example {i} ({ex.image}, {ex.text!r}): {probs.shape[0]} probabilities"
+                f", expected {expected.shape[0]}"
+            )
+        diff = float(np.abs(probs - expected).max())
+        worst = max(worst, diff)
+        if diff > tolerance:
+            raise ArtifactError(
+                f"golden example {i} ({ex.image}, {ex.text!r}) differs from training by "
+                f"{diff:.3e} (tolerance {tolerance:.0e}): serving does not reproduce training"
+            )
+    return GoldenReport(len(golden.examples), worst, tolerance)
