@@ -29,6 +29,7 @@ Imported only when ``mmserve serve`` runs with more than one worker.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -227,6 +228,7 @@ def _worker_main(settings: Settings, group: WorkerGroup) -> None:
     from service.serving.app import create_app
     from service.serving.server import run_server
 
+    _stop_with_the_supervisor()
     try:
         sock = _bound(settings)
     except OSError as exc:
@@ -234,3 +236,19 @@ def _worker_main(settings: Settings, group: WorkerGroup) -> None:
         raise SystemExit(STARTUP_FAILURE) from None
     app = create_app(settings, workers=group)
     raise SystemExit(run_server(app, settings, sockets=[sock]))
+
+
+def _stop_with_the_supervisor() -> None:
+    """Have the kernel send this worker SIGTERM (a graceful drain) when the supervisor dies,
+    however it dies (SIGKILL, OOM): no worker keeps serving the port on its own. Linux only;
+    elsewhere a worker outlives a killed supervisor."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1

@@ -170,3 +170,28 @@ def test_two_workers_serve_as_one(trained_store: Path, tmp_path: Path) -> None:
     for upload in uploads:
         assert upload.error is None and upload.status == 200, (upload.error, upload.answer)
     assert not any(psutil.pid_exists(w.pid) for w in replaced)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(trained_store: Path, tmp_path: Path) -> None:
+    store = copy_store(trained_store, tmp_path)
+    port = free_port()
+    env = server_env(store) | {"MMSERVE_WORKERS": "2", "MMSERVE_RELOAD_POLL_S": "0"}
+    log_file = tmp_path / "server.log"
+    with log_file.open("wb") as log:
+        supervisor = subprocess.Popen(
+            cli_server_command(port), cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", supervisor, log_file)
+            workers = _workers(supervisor)
+            assert len(workers) == 2
+            supervisor.kill()  # no chance to stop its workers itself
+            supervisor.wait(30)
+            _until(
+                lambda: not any(w.is_running() and w.status() != "zombie" for w in workers),
+                "both workers have stopped",
+            )
+        finally:
+            if supervisor.poll() is None:
+                supervisor.kill()
+                supervisor.wait(30)
