@@ -11,13 +11,15 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.model_store import GoldenExample
+
+if TYPE_CHECKING:  # the model store needs pydantic; decoding alone must not
+    from service.model_store import GoldenExample
 
 # Pillow's own guard would raise at 2x its limit; we check explicitly against our own.
 Image.MAX_IMAGE_PIXELS = None
