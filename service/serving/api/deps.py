@@ -25,12 +25,12 @@ RETRY_AFTER_S = 5
 """What a client is told to wait before retrying a service that is not ready."""
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The application's state."""
     return app_state(request.app)
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     """The served models; 503 until the service is ready and once it drains."""
     state = app_state(request.app)
     if state.draining:

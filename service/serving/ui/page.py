@@ -52,7 +52,7 @@ _PAGE_HEADERS = {
 }
 
 
-def _require_ui(settings: SettingsDep) -> None:
+async def _require_ui(settings: SettingsDep) -> None:
     if not settings.ui:
         raise NotFound("the page is turned off (MMSERVE_UI=false)")
 
