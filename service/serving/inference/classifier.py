@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -128,7 +128,7 @@ class TFClassifier:
             out = self._forward(image_t, text_t)
         return np.asarray(out, dtype=np.float32)
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
+    def warm_up(self, batch_sizes: Iterable[int] = (1, 8)) -> None:
         """Run the compiled function once per size so the first request pays no tracing."""
         h, w = self.image_size
         for n in batch_sizes:

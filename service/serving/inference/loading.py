@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from service.model_store import ModelVersion
 from service.serving.inference.classifier import TFClassifier
@@ -23,7 +24,12 @@ def load_verified(
         "loading %s version %d from %s on %s", version.name, version.version, version.path, device
     )
     classifier = TFClassifier(version, device)
-    classifier.warm_up((1, warm_up_batch))
+    # Every batch size the batcher can form, not just the extremes: the CPU kernels cache
+    # one primitive (and its scratch memory) per input shape, so a size first met under
+    # load would cost that request its creation time and grow the process's memory then.
+    started = time.perf_counter()
+    classifier.warm_up(range(1, warm_up_batch + 1))
+    log.info("warmed up batch sizes 1-%d in %.2f s", warm_up_batch, time.perf_counter() - started)
     report = verify_golden(classifier, version, golden_tolerance)
     log.info(
         "golden check passed: %d examples reproduce training within %.1e (tolerance %.0e)",
