@@ -103,10 +103,11 @@ class SegmentStore:
     def write(self, image: bytes, extension: str, row: dict[str, Any]) -> None:
         """Write ``image`` and then ``row`` (given its ``image`` path) to the open segment.
         Raises :class:`BudgetExceeded`, or OSError when the disk refuses."""
+        # The row's JSON object, opened again after its last member to add the image's path.
+        body = json.dumps(row, ensure_ascii=False)[:-1]
         # An upper bound of what the row adds: its line (the image path included), one
         # block of rounding, and the image folder's block when a segment opens.
-        line_bound = len(json.dumps(row, ensure_ascii=False).encode()) + _PATH_BOUND + 2 * BLOCK
-        need = blocks(len(image)) + line_bound
+        need = blocks(len(image)) + len(body.encode()) + _PATH_BOUND + 2 * BLOCK
         if need > self.share - BLOCK:
             raise BudgetExceeded(f"{need} bytes do not fit a share of {self.share}")
         segment = self._open
@@ -121,8 +122,8 @@ class SegmentStore:
         temporary.write_bytes(image)
         os.replace(temporary, folder / name)
         segment.cost += blocks(len(image))
-        line = json.dumps({**row, "image": f"{IMAGES}/{segment.stem}/{name}"}, ensure_ascii=False)
-        data = (line + "\n").encode()
+        path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
+        data = f'{body}, "image": {path}}}\n'.encode()
         assert segment.file is not None
         segment.file.write(data)
         segment.cost += blocks(segment.rows_bytes + len(data)) - blocks(segment.rows_bytes)

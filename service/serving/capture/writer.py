@@ -176,7 +176,8 @@ class CaptureWriter:
             else:
                 self._failing = False
                 CAPTURE_WRITTEN.inc()
-            CAPTURE_PRUNED.inc(self.store.pruned - pruned)
+            if self.store.pruned > pruned:
+                CAPTURE_PRUNED.inc(self.store.pruned - pruned)
             CAPTURE_BYTES.set(self.store.used)
 
     def _guarded(self, step: Callable[[], None]) -> None:
