@@ -4,7 +4,7 @@ with the capture folder's disk use checked against its budget after each capture
 
     python -m bench.capture --model-store model_store --model-name demo
 
-Prints one Markdown table (and, with --json, the figures) for BENCHMARKS.md.
+Prints one Markdown table (and, with --json, the figures); the README quotes them.
 """
 
 from __future__ import annotations
