@@ -29,6 +29,29 @@ ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset(get_args(ImageFormat))
 
+FILE_EXTENSIONS: dict[str, str] = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+}
+"""The usual file extension of each supported format (for image files the service writes)."""
+
+
+def image_format(data: bytes) -> str | None:
+    """The format of encoded image bytes, read from the header alone (Pillow's name, e.g.
+    ``"PNG"``); None when Pillow does not recognise the bytes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                return img.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return None
+
+
 GOLDEN_TOLERANCE = 1e-4
 """Largest probability difference between the served path and the golden examples
 training recorded: the trainer checks its artifact against it, the server its start-up."""

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service import model_store
-from service.errors import NotFound, ServiceError
+from service.errors import ConfigurationError, NotFound, ServiceError
 from service.model_store import ModelVersion
 from service.serving.api import api_router
 from service.serving.api.draining import start_draining
@@ -26,6 +26,7 @@ from service.serving.api.middleware.admission import install_admission_control
 from service.serving.api.middleware.limits import install_request_limits
 from service.serving.api.middleware.observability import install_observability
 from service.serving.api.state import AppState, app_state, install_state
+from service.serving.capture import CaptureWriter
 from service.serving.inference import heap
 from service.serving.inference.classifier import Classifier, configure_tensorflow
 from service.serving.inference.loading import load_verified
@@ -33,7 +34,7 @@ from service.serving.inference.registry import ModelRegistry
 from service.serving.inference.reloader import LoadFn
 from service.serving.inference.runtime import Runtime
 from service.serving.logging_setup import configure_logging
-from service.serving.metrics import BatchMetrics, publish_models
+from service.serving.metrics import BatchMetrics, DriftMetrics, publish_models
 from service.serving.settings import Settings
 from service.serving.ui import ui_router
 from service.serving.worker_state import READY, WorkerGroup
@@ -71,7 +72,13 @@ def create_app(
             raise
         configure_logging(active.log_level, active.log_format)
         state.settings = active
-        registry = await _start_registry(active, given, loader)
+        capture = await _start_capture(active, workers)
+        try:
+            registry = await _start_registry(active, given, loader, capture)
+        except BaseException:
+            if capture is not None:
+                await asyncio.to_thread(capture.close, active.shutdown_timeout_s)
+            raise
         state.registry = registry
         registry.watch(active.reload_poll_s)
         if active.gc_freeze:
@@ -86,6 +93,8 @@ def create_app(
             start_draining(app)
             state.registry = None
             await registry.close()
+            if capture is not None:  # after the last answer: what was sampled is written
+                await asyncio.to_thread(capture.close, active.shutdown_timeout_s)
             # Not at start-up: a SIGTERM during loading must not be forgotten. Now nothing
             # is served, and a later start of the same app begins undrained.
             state.draining = False
@@ -108,8 +117,52 @@ def create_app(
     return app
 
 
+async def _start_capture(settings: Settings, workers: WorkerGroup | None) -> CaptureWriter | None:
+    """The capture writer when ``capture_dir`` is set and ``capture_rate`` is above 0; an
+    unusable folder fails start-up."""
+    if settings.capture_dir is None or settings.capture_rate == 0:
+        return None
+    capture = CaptureWriter(
+        settings.capture_dir,
+        settings.capture_rate,
+        settings.capture_max_bytes,
+        settings.capture_segment_s,
+        settings.capture_queue_bytes,
+        worker=workers.index if workers is not None else 0,
+        workers=workers.size if workers is not None else 1,
+    )
+    try:
+        await asyncio.to_thread(capture.start)
+    except OSError as exc:
+        error = ConfigurationError(f"cannot capture to {settings.capture_dir}: {exc}")
+        log.error("start-up failed: %s", error)
+        raise error from exc
+    log.info(
+        "capturing %g of requests to %s (at most %d bytes)",
+        settings.capture_rate,
+        settings.capture_dir,
+        settings.capture_max_bytes,
+    )
+    return capture
+
+
+def _drift(classifier: Classifier) -> DriftMetrics:
+    """The version's drift metrics, its test split's class counts as the reference."""
+    counts = classifier.metadata.dataset.get("counts")
+    test = counts.get("test") if isinstance(counts, dict) else None
+    return DriftMetrics(
+        classifier.name,
+        classifier.version,
+        classifier.labels,
+        test if isinstance(test, dict) else None,
+    )
+
+
 async def _start_registry(
-    settings: Settings, given: list[Classifier], loader: LoadFn | None
+    settings: Settings,
+    given: list[Classifier],
+    loader: LoadFn | None,
+    capture: CaptureWriter | None = None,
 ) -> ModelRegistry:
     """Load (or take) every configured model; raise, after logging why, when one fails."""
     registry: ModelRegistry | None = None
@@ -129,7 +182,9 @@ async def _start_registry(
             store=settings.model_store,
             default_name=settings.model_name,
             policy_for=settings.policy_for,
-            start=lambda classifier: Runtime.start(classifier, settings, observer),
+            start=lambda classifier: Runtime.start(
+                classifier, settings, observer, _drift(classifier), capture
+            ),
             load=load,
             canary_percent=settings.canary_percent,
             retire_timeout=settings.shutdown_timeout_s,

@@ -8,9 +8,11 @@ multiprocess mode): counters and histograms are summed, gauges as each says belo
 
 from __future__ import annotations
 
+import collections
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -118,3 +120,89 @@ def exposition() -> bytes:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+# Drift signals: what the served versions see and answer, to compare with what they were
+# trained on (the README has a PromQL example).
+_PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+TOP_PROBABILITY = Histogram(
+    "mmserve_top_probability",
+    "The highest class probability of each answered image+text pair, by model and version: "
+    "a version growing less sure of its answers sees inputs unlike its training data.",
+    ("model", "version"),
+    buckets=_PROBABILITY_BUCKETS,
+)
+PREDICTED_CLASS = Counter(
+    "mmserve_predicted_class",
+    "Answered image+text pairs by model, version and predicted (most probable) label.",
+    ("model", "version", "label"),
+)
+REQUEST_MODALITIES = Counter(
+    "mmserve_request_modalities",
+    "Answered pairs by model, version and the modalities the request sent for them: "
+    "image+text, image or text.",
+    ("model", "version", "modalities"),
+)
+REFERENCE_CLASS_FRACTION = Gauge(
+    "mmserve_reference_class_fraction",
+    "Each label's share of the version's test split (from metadata.json dataset.counts), "
+    "set when the version is loaded: the class distribution to compare "
+    "mmserve_predicted_class_total with. Versions served before stay listed.",
+    ("model", "version", "label"),
+    multiprocess_mode="livemax",
+)
+
+
+class DriftMetrics:
+    """The drift signals of one served version, with their labelled children made once
+    (this is every request's path)."""
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        labels: Sequence[str],
+        reference: Mapping[str, int] | None = None,
+    ) -> None:
+        key = (model, str(version))
+        self._top = TOP_PROBABILITY.labels(*key)
+        self._classes = [PREDICTED_CLASS.labels(*key, label) for label in labels]
+        self._modalities = {
+            name: REQUEST_MODALITIES.labels(*key, name) for name in ("image+text", "image", "text")
+        }
+        total = sum(reference.values()) if reference else 0
+        if reference and total > 0:
+            for label in labels:
+                REFERENCE_CLASS_FRACTION.labels(*key, label).set(reference.get(label, 0) / total)
+
+    def observe(self, probabilities: np.ndarray, modalities: Iterable[str]) -> None:
+        """Count one request's answers ``[N, C]`` and the modalities of its N pairs."""
+        for top in probabilities.max(axis=1).tolist():
+            self._top.observe(top)
+        predicted, counts = np.unique(probabilities.argmax(axis=1), return_counts=True)
+        for index, count in zip(predicted.tolist(), counts.tolist(), strict=True):
+            self._classes[index].inc(count)
+        for name, count in collections.Counter(modalities).items():
+            self._modalities[name].inc(count)
+
+
+CAPTURE_WRITTEN = Counter(
+    "mmserve_capture_written", "Captured image+text pairs written to the capture folder."
+)
+CAPTURE_DROPPED = Counter(
+    "mmserve_capture_dropped",
+    "Sampled image+text pairs not captured, by reason: queue_full (the writer was behind; "
+    "the request never waits for it), incomplete (a pair without image or text, which a "
+    "training manifest cannot hold), budget (one pair larger than a worker's share of the "
+    "disk budget), error (the disk refused the write; the log says why).",
+    ("reason",),
+)
+CAPTURE_PRUNED = Counter(
+    "mmserve_capture_pruned_segments",
+    "Closed capture segments deleted, oldest first, to keep to the disk budget.",
+)
+CAPTURE_BYTES = Gauge(
+    "mmserve_capture_bytes",
+    "Bytes the capture folder's files take (in whole 4 KiB blocks). Summed over live workers.",
+    multiprocess_mode="livesum",
+)

@@ -230,6 +230,43 @@ class Settings(BaseSettings):
         "`mmserve serve` then turns uvicorn's own access log off.",
     )
 
+    capture_dir: Path | None = Field(
+        None,
+        description="Folder where sampled requests are kept as a training manifest: image "
+        "files plus JSON Lines rows (image path, text, predicted label and probabilities, "
+        "model, version, request id, time, and an empty `label` to fill in). Unset (the "
+        "default): nothing is captured. Requests and API keys are never written, only the "
+        "image and the text. One service per folder.",
+    )
+    capture_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of requests captured when `capture_dir` is set (0..1; each "
+        "request is drawn at random, all its pairs together). 0: nothing is captured.",
+    )
+    capture_max_bytes: int = Field(
+        1024**3,
+        ge=1024**2,
+        description="Disk budget of `capture_dir`, in bytes (each file counted in whole "
+        "4 KiB blocks). Each worker keeps to its share (budget / workers) by deleting its "
+        "oldest closed segments, with their images, before writing past it.",
+    )
+    capture_segment_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a capture segment stays open: its rows become readable (the "
+        "segment is renamed into place) at the latest this many seconds after its first row, "
+        "or earlier once it holds a quarter of the worker's share of `capture_max_bytes`.",
+    )
+    capture_queue_bytes: int = Field(
+        64 * 1024**2,
+        ge=1,
+        description="Most bytes (images and texts) waiting for the capture writer per "
+        "worker; a sampled request that would pass it is dropped and counted in "
+        '`mmserve_capture_dropped_total{reason="queue_full"}`, never waited for.',
+    )
+
     # Parsed once at start-up from api_keys and api_keys_file; never printed (a private
     # attribute stays out of repr, and api_keys itself is a SecretStr).
     _api_key_set: frozenset[str] = PrivateAttr(default_factory=frozenset)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,15 +107,23 @@ def start_and_expect_exit(store: Path) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def running_server(
-    store: Path, tmp_path: Path, command: Callable[[int], list[str]] = server_command
+    store: Path,
+    tmp_path: Path,
+    command: Callable[[int], list[str]] = server_command,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start the server, wait (bounded) for readiness, and always stop it afterwards."""
+    """Start the server (``env``: settings on top of :func:`server_env`'s), wait (bounded)
+    for readiness, and always stop it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "server.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            command(port), cwd=ROOT, env=server_env(store), stdout=log, stderr=log
+            command(port),
+            cwd=ROOT,
+            env={**server_env(store), **(env or {})},
+            stdout=log,
+            stderr=log,
         )
         try:
             wait_until_ready(url, process, log_file)

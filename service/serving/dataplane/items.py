@@ -12,10 +12,20 @@ from service.errors import InvalidBase64, TextTooLong, UnprocessableInput
 
 @dataclass(frozen=True)
 class Item:
-    """One encoded image file with its text."""
+    """One image+text pair; a missing modality is None and is replaced by the model's
+    trained blank (see metadata ``preprocessing``)."""
 
-    image: bytes
-    text: str
+    image: bytes | None
+    text: str | None
+
+
+def modalities(item: Item) -> str:
+    """``"image+text"``, ``"image"`` or ``"text"``: what the request sent."""
+    if item.image is None:
+        return "text"
+    if item.text is None:
+        return "image"
+    return "image+text"
 
 
 def check_text(text: str, max_chars: int, where: str = "") -> None:

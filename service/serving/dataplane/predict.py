@@ -8,6 +8,7 @@ import numpy as np
 
 from service.serving.api.middleware.observability import note_items
 from service.serving.dataplane.items import Item
+from service.serving.dataplane.traffic import observe
 from service.serving.inference.runtime import Runtime
 from service.serving.metrics import MODEL_PREDICTIONS
 
@@ -17,9 +18,10 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log
     with runtime.batcher.arriving(len(items)) as arrival:
-        images = await runtime.decoder.decode([item.image for item in items])
-        texts = [item.text for item in items]
+        images = await runtime.decoder.decode([item.image or b"" for item in items])
+        texts = [item.text or "" for item in items]
         probabilities = await runtime.batcher.predict(images, texts, arrival)
     model = runtime.classifier
     MODEL_PREDICTIONS.labels(model.name, str(model.version)).inc(len(items))
+    observe(runtime, items, probabilities)
     return probabilities

@@ -7,11 +7,16 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.serving.inference.batching import AdaptiveBatcher, BatchObserver
 from service.serving.inference.classifier import Classifier
 from service.serving.inference.decoder import ImageDecoder
 from service.serving.settings import Settings
+
+if TYPE_CHECKING:  # given by the app; the model runtime itself neither counts nor writes
+    from service.serving.capture import CaptureWriter
+    from service.serving.metrics import DriftMetrics
 
 log = logging.getLogger("mmserve.runtime")
 
@@ -64,13 +69,23 @@ class Runtime:
     classifier: Classifier
     decoder: ImageDecoder
     batcher: AdaptiveBatcher
+    drift: DriftMetrics | None = None
+    """The version's drift signals, told every answer."""
+    capture: CaptureWriter | None = None
+    """The process's capture writer, when traffic is captured."""
     in_flight: InFlight = field(default_factory=InFlight, compare=False, repr=False)
 
     @classmethod
     def start(
-        cls, classifier: Classifier, settings: Settings, observer: BatchObserver | None = None
+        cls,
+        classifier: Classifier,
+        settings: Settings,
+        observer: BatchObserver | None = None,
+        drift: DriftMetrics | None = None,
+        capture: CaptureWriter | None = None,
     ) -> Runtime:
-        """Create the worker pools and the batching loop for ``classifier``.
+        """Create the worker pools and the batching loop for ``classifier``; ``drift`` and
+        ``capture`` are told every answer (:func:`service.serving.dataplane.traffic.observe`).
 
         Must be called on the running event loop.
         """
@@ -89,7 +104,9 @@ class Runtime:
             settings.decode_threads,
             allowed_formats=frozenset(settings.allowed_image_formats),
         )
-        return cls(classifier=classifier, decoder=decoder, batcher=batcher)
+        return cls(
+            classifier=classifier, decoder=decoder, batcher=batcher, drift=drift, capture=capture
+        )
 
     @contextlib.contextmanager
     def use(self) -> Iterator[Runtime]:

@@ -78,6 +78,12 @@ def note_model(name: str, version: int) -> None:
         record.model_version = version
 
 
+def current_request_id() -> str | None:
+    """The id of the request being served (None outside a request)."""
+    record = _current.get()
+    return record.request_id if record is not None else None
+
+
 Templates = Callable[[], Sequence[tuple[re.Pattern[str], str]]]
 """The app's route templates with their compiled patterns."""
 

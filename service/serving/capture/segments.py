@@ -1,0 +1,191 @@
+"""Captured rows and images on disk, in segments, within a disk budget.
+
+One worker's files in the capture folder (``stem`` = ``capture-<UTC time>-w<worker>-<pid>-<n>``,
+so that names sort by the time a segment was opened and no two processes share one)::
+
+    <capture_dir>/
+      <stem>.jsonl              a closed segment: whole rows, a valid manifest once labelled
+      images/<stem>/000001.png  its images, named by the row's number and the image's format
+      .<stem>.jsonl.tmp         the open segment, renamed to <stem>.jsonl when it closes
+
+A segment closes when it holds a quarter of the worker's share of the budget, when it has
+been open ``segment_s`` seconds, and at shutdown; a reader never sees a half-written row,
+and a crash loses at most the open segment (the next start of that worker deletes it).
+Image files are written to a temporary name and renamed too. Before a write would take the
+worker's files past its share (``max_bytes / workers``, every file counted in whole 4 KiB
+blocks), its oldest closed segments are deleted, rows first, then images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+BLOCK = 4096
+"""Files are counted in whole blocks of this size (the usual file-system block)."""
+
+IMAGES = "images"
+_STEM = re.compile(r"capture-\d{8}T\d{12}Z-w(\d+)-\d+-\d{6}")
+_SEGMENTS_PER_SHARE = 4
+_PATH_BOUND = 256  # the "image" member of a row: images/<stem>/<n>.<ext>
+
+
+class BudgetExceeded(Exception):
+    """One row with its image is larger than the worker's whole share of the budget."""
+
+
+def blocks(size: int) -> int:
+    """``size`` bytes rounded up to whole blocks."""
+    return -(-size // BLOCK) * BLOCK
+
+
+@dataclass
+class _Segment:
+    stem: str
+    cost: int  # its files, counted in blocks (its image folder included)
+    rows_bytes: int = 0
+    rows: int = 0
+    opened: float = 0.0  # monotonic
+    file: IO[bytes] | None = None
+
+
+class SegmentStore:
+    """One worker's segments. Not thread-safe: the capture writer's thread alone uses it."""
+
+    def __init__(
+        self, folder: Path, max_bytes: int, segment_s: float, worker: int = 0, workers: int = 1
+    ) -> None:
+        self.folder = folder
+        self.share = max_bytes // workers
+        self.segment_bytes = self.share // _SEGMENTS_PER_SHARE
+        self.segment_s = segment_s
+        self.worker = worker
+        self.workers = workers
+        self._closed: deque[_Segment] = deque()
+        self._open: _Segment | None = None
+        self._count = 0
+        self.pruned = 0
+        """Closed segments deleted to keep to the budget, since start."""
+
+    @property
+    def used(self) -> int:
+        """Bytes (in blocks) of this worker's files now."""
+        open_cost = self._open.cost if self._open is not None else 0
+        return sum(s.cost for s in self._closed) + open_cost
+
+    def adopt(self) -> None:
+        """Create the folder; take over the closed segments a previous process of this
+        worker left (worker 0 also those of workers beyond the count, from a run with more
+        workers); delete its unfinished ones. Raises OSError when the folder is unusable."""
+        (self.folder / IMAGES).mkdir(parents=True, exist_ok=True)
+        closed = set()
+        for path in self.folder.glob("capture-*.jsonl"):
+            if self._mine(path.stem):
+                closed.add(path.stem)
+        for path in self.folder.glob(".capture-*.jsonl.tmp"):
+            if self._mine(path.name[1:].removesuffix(".jsonl.tmp")):
+                path.unlink(missing_ok=True)
+        for path in (self.folder / IMAGES).iterdir():
+            if self._mine(path.name) and path.name not in closed:
+                shutil.rmtree(path, ignore_errors=True)
+        for stem in sorted(closed):
+            self._closed.append(_Segment(stem, self._measure(stem)))
+        self._prune(0)
+
+    def write(self, image: bytes, extension: str, row: dict[str, Any]) -> None:
+        """Write ``image`` and then ``row`` (given its ``image`` path) to the open segment.
+        Raises :class:`BudgetExceeded`, or OSError when the disk refuses."""
+        # The row's JSON object, opened again after its last member to add the image's path.
+        body = json.dumps(row, ensure_ascii=False)[:-1]
+        # An upper bound of what the row adds: its line (the image path included), one
+        # block of rounding, and the image folder's block when a segment opens.
+        need = blocks(len(image)) + len(body.encode()) + _PATH_BOUND + 2 * BLOCK
+        if need > self.share - BLOCK:
+            raise BudgetExceeded(f"{need} bytes do not fit a share of {self.share}")
+        segment = self._open
+        if segment is not None and segment.cost + need > self.segment_bytes:
+            self.close_open()
+        self._prune(need)
+        segment = self._open or self._start()
+        segment.rows += 1
+        name = f"{segment.rows:06d}.{extension}"
+        folder = self.folder / IMAGES / segment.stem
+        temporary = folder / f".{name}.tmp"
+        temporary.write_bytes(image)
+        os.replace(temporary, folder / name)
+        segment.cost += blocks(len(image))
+        path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
+        data = f'{body}, "image": {path}}}\n'.encode()
+        assert segment.file is not None
+        segment.file.write(data)
+        segment.cost += blocks(segment.rows_bytes + len(data)) - blocks(segment.rows_bytes)
+        segment.rows_bytes += len(data)
+
+    def close_if_old(self) -> None:
+        """Close the open segment once it has been open ``segment_s`` seconds."""
+        left = self.seconds_left()
+        if left is not None and left <= 0:
+            self.close_open()
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the open segment is due to close; None when none is open."""
+        if self._open is None:
+            return None
+        return self._open.opened + self.segment_s - time.monotonic()
+
+    def close_open(self) -> None:
+        """Flush the open segment to disk and rename it into place."""
+        segment = self._open
+        if segment is None:
+            return
+        self._open = None
+        assert segment.file is not None
+        segment.file.flush()
+        os.fsync(segment.file.fileno())
+        segment.file.close()
+        segment.file = None
+        os.rename(self._temporary(segment.stem), self.folder / f"{segment.stem}.jsonl")
+        self._closed.append(segment)
+
+    def _start(self) -> _Segment:
+        self._count += 1
+        now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stem = f"capture-{now}-w{self.worker}-{os.getpid()}-{self._count:06d}"
+        (self.folder / IMAGES / stem).mkdir()
+        segment = _Segment(stem, cost=BLOCK, opened=time.monotonic())
+        segment.file = self._temporary(stem).open("xb")
+        self._open = segment
+        return segment
+
+    def _prune(self, need: int) -> None:
+        """Delete the oldest closed segments until ``need`` more bytes fit the share."""
+        while self._closed and self.used + need > self.share:
+            segment = self._closed.popleft()
+            (self.folder / f"{segment.stem}.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.folder / IMAGES / segment.stem, ignore_errors=True)
+            self.pruned += 1
+
+    def _mine(self, stem: str) -> bool:
+        match = _STEM.fullmatch(stem)
+        if match is None:
+            return False
+        worker = int(match.group(1))
+        return worker == self.worker or (self.worker == 0 and worker >= self.workers)
+
+    def _measure(self, stem: str) -> int:
+        cost = blocks((self.folder / f"{stem}.jsonl").stat().st_size) + BLOCK
+        images = self.folder / IMAGES / stem
+        if images.is_dir():
+            cost += sum(blocks(p.stat().st_size) for p in images.iterdir())
+        return cost
+
+    def _temporary(self, stem: str) -> Path:
+        return self.folder / f".{stem}.jsonl.tmp"
