@@ -214,7 +214,9 @@ def batch_request(
             body["top_k"] = top_k
         return Request("POST", path, json=body, params=params)
     # Repeated parts, paired by order: the i-th image goes with the i-th text.
-    files = [("image", image_part(image)) for image, _ in items if image is not None]
+    files: list[tuple[str, tuple[str | None, bytes, str]]] = [
+        ("image", image_part(image)) for image, _ in items if image is not None
+    ]
     data = _with_top_k({"text": [text or "" for _, text in items]}, top_k)
     return Request("POST", path, files=files, data=data, params=params)
 

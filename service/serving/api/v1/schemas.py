@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -147,7 +148,7 @@ class B64Image(BaseModel):
 
 # "Either modality, not neither" in JSON Schema, so that schema-driven clients and tests
 # know an empty item is refused (422 missing_modalities).
-_SOME_TEXT = {"type": "string", "minLength": 1}
+_SOME_TEXT: JsonDict = {"type": "string", "minLength": 1}
 
 
 class BatchInstance(BaseModel):
