@@ -16,6 +16,7 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     ├── UnsupportedMediaType (415)
     ├── UnprocessableInput (422)
     │   ├── TextTooLong (422)
+    │   ├── MissingModalities (422) -- an item with neither an image nor a text
     │   └── UnpairedParts (422) -- a multipart batch with unequal numbers of images and texts
     ├── ServiceUnavailable (503)
     │   ├── Overloaded (503) -- too many requests in flight: retry after a moment
@@ -120,6 +121,13 @@ class TextTooLong(UnprocessableInput):
     """A text is longer than ``max_text_chars``."""
 
     code = "text_too_long"
+
+
+class MissingModalities(UnprocessableInput):
+    """An item with neither an image nor a text (an empty text counts as none): one of the
+    two may be omitted, never both."""
+
+    code = "missing_modalities"
 
 
 class UnpairedParts(UnprocessableInput):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import ArtifactError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the model store needs pydantic; decoding alone must not
     from service.model_store import GoldenExample
@@ -135,12 +137,45 @@ def blank_image(size: tuple[int, int]) -> np.ndarray:
 BLANK_TEXT = ""
 """The text that stands for 'no text' (modality dropout, ablation, image-only calls)."""
 
+BLANK_IMAGE = "all zeros"
+"""How ``metadata.json`` (``preprocessing.image.blank``) names :func:`blank_image`."""
 
-def golden_pixels(folder: Path, example: GoldenExample, size: tuple[int, int]) -> np.ndarray:
+
+@dataclass(frozen=True, eq=False)
+class Blanks:
+    """What a model was trained to read as a missing modality."""
+
+    image: np.ndarray
+    """float32 ``[H, W, 3]`` pixels, already the model's input (never an encoded file)."""
+    text: str
+
+
+def declared_blanks(preprocessing: Mapping[str, Any], size: tuple[int, int]) -> Blanks:
+    """The blanks an artifact's ``preprocessing`` metadata declares, at the model's ``size``.
+
+    Artifacts written before the ``blank`` keys existed get the blanks training has always
+    used (:data:`BLANK_IMAGE`, :data:`BLANK_TEXT`). Raises :class:`ArtifactError` for a blank
+    this code does not know: serving must substitute exactly what training did.
+    """
+    image = (preprocessing.get("image") or {}).get("blank", BLANK_IMAGE)
+    text = (preprocessing.get("text") or {}).get("blank", BLANK_TEXT)
+    if image != BLANK_IMAGE:
+        raise ArtifactError(
+            f"metadata declares the image blank {image!r}; this server knows {BLANK_IMAGE!r}"
+        )
+    if not isinstance(text, str):
+        raise ArtifactError(f"metadata declares a text blank that is not a string: {text!r}")
+    return Blanks(blank_image(size), text)
+
+
+def golden_pixels(
+    folder: Path, example: GoldenExample, size: tuple[int, int], blank: np.ndarray | None = None
+) -> np.ndarray:
     """The model's image input for a golden example: its file (in ``folder``) through the
-    shared preprocessing, or the blank image for an example without one."""
+    shared preprocessing, or the blank image (``blank``, else :func:`blank_image`) for an
+    example without one."""
     if example.image is None:
-        return blank_image(size)
+        return blank_image(size) if blank is None else blank
     return preprocess_image((folder / example.image).read_bytes(), size)
 
 

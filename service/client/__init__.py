@@ -41,6 +41,8 @@ from service.client.core import (
 from service.client.types import (
     APIError,
     ClientError,
+    Explanation,
+    ModalityEffect,
     ModelInfo,
     Prediction,
     TransportError,
@@ -52,7 +54,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "Explanation",
     "ImageInput",
+    "ModalityEffect",
     "ModelInfo",
     "Prediction",
     "TransportError",
@@ -105,31 +109,36 @@ class Client(_Base):
 
     def predict(
         self,
-        image: ImageInput,
-        text: str,
+        image: ImageInput | None = None,
+        text: str | None = None,
         top_k: int | None = None,
         *,
         model: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        explain: str | None = None,
     ) -> Prediction:
         """Class probabilities for one image+text pair (``POST /v1/predict``, or the route
-        of ``model``, optionally one of its versions or labels)."""
+        of ``model``, optionally one of its versions or labels). Either ``image`` or
+        ``text`` may be None (the model's blank stands in), not both; ``explain="modality"``
+        adds :attr:`Prediction.explanation` (three items' model cost)."""
         target = Target(model, version, label)
-        return parse_prediction(self._call(predict_request(image, text, top_k, target)))
+        return parse_prediction(self._call(predict_request(image, text, top_k, target, explain)))
 
     def predict_batch(
         self,
-        items: Sequence[tuple[ImageInput, str]],
+        items: Sequence[tuple[ImageInput | None, str | None]],
         top_k: int | None = None,
         *,
         model: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        explain: str | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request."""
+        """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request
+        (either of a pair may be None, not both)."""
         target = Target(model, version, label)
-        return parse_batch(self._call(batch_request(items, top_k, target)))
+        return parse_batch(self._call(batch_request(items, top_k, target, explain)))
 
     def load(self, name: str) -> dict[str, Any]:
         """Load a model of the store (``POST /v1/models/{name}/load``)."""
@@ -181,7 +190,12 @@ class Client(_Base):
         while True:
             try:
                 response = self._http.request(
-                    request.method, request.path, files=request.files, data=request.data
+                    request.method,
+                    request.path,
+                    files=request.files,
+                    data=request.data,
+                    json=request.json,
+                    params=request.params,
                 )
             except httpx.TransportError as error:
                 delay = policy.after_error(attempt, error)
@@ -215,31 +229,38 @@ class AsyncClient(_Base):
 
     async def predict(
         self,
-        image: ImageInput,
-        text: str,
+        image: ImageInput | None = None,
+        text: str | None = None,
         top_k: int | None = None,
         *,
         model: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        explain: str | None = None,
     ) -> Prediction:
         """Class probabilities for one image+text pair (``POST /v1/predict``, or the route
-        of ``model``, optionally one of its versions or labels)."""
+        of ``model``, optionally one of its versions or labels). Either ``image`` or
+        ``text`` may be None (the model's blank stands in), not both; ``explain="modality"``
+        adds :attr:`Prediction.explanation` (three items' model cost)."""
         target = Target(model, version, label)
-        return parse_prediction(await self._call(predict_request(image, text, top_k, target)))
+        return parse_prediction(
+            await self._call(predict_request(image, text, top_k, target, explain))
+        )
 
     async def predict_batch(
         self,
-        items: Sequence[tuple[ImageInput, str]],
+        items: Sequence[tuple[ImageInput | None, str | None]],
         top_k: int | None = None,
         *,
         model: str | None = None,
         version: int | None = None,
         label: str | None = None,
+        explain: str | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request."""
+        """One :class:`Prediction` per ``(image, text)`` pair, in order, from one request
+        (either of a pair may be None, not both)."""
         target = Target(model, version, label)
-        return parse_batch(await self._call(batch_request(items, top_k, target)))
+        return parse_batch(await self._call(batch_request(items, top_k, target, explain)))
 
     async def load(self, name: str) -> dict[str, Any]:
         """Load a model of the store (``POST /v1/models/{name}/load``)."""
@@ -291,7 +312,12 @@ class AsyncClient(_Base):
         while True:
             try:
                 response = await self._http.request(
-                    request.method, request.path, files=request.files, data=request.data
+                    request.method,
+                    request.path,
+                    files=request.files,
+                    data=request.data,
+                    json=request.json,
+                    params=request.params,
                 )
             except httpx.TransportError as error:
                 delay = policy.after_error(attempt, error)

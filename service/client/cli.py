@@ -31,8 +31,18 @@ def add_predict_command(commands: Any) -> None:
         ),
     )
     predict.add_argument("--url", required=True, help="the server, e.g. http://localhost:8000")
-    predict.add_argument("--image", required=True, type=Path, help="image file to classify")
-    predict.add_argument("--text", required=True, help="the text that goes with the image")
+    predict.add_argument(
+        "--image", type=Path, help="image file to classify (leave out: the text alone)"
+    )
+    predict.add_argument(
+        "--text", help="the text that goes with the image (leave out: the image alone)"
+    )
+    predict.add_argument(
+        "--explain",
+        choices=["modality"],
+        help="also ask for the answer from the image alone and from the text alone "
+        "(three items' model cost)",
+    )
     predict.add_argument(
         "--top-k", type=_positive_int, metavar="K", help="print only the K most probable"
     )
@@ -79,11 +89,20 @@ def run_predict(
     if model is None and (version is not None or label is not None):
         print("mmserve predict: error: --version and --label need --model", file=err)
         return 1
+    if args.image is None and not args.text:
+        print("mmserve predict: error: give --image, --text or both", file=err)
+        return 1
 
     try:
         with Client(args.url, args.api_key, args.timeout, max(0, args.retries)) as client:
             prediction = client.predict(
-                args.image, args.text, top_k=args.top_k, model=model, version=version, label=label
+                args.image,
+                args.text,
+                top_k=args.top_k,
+                model=model,
+                version=version,
+                label=label,
+                explain=getattr(args, "explain", None),
             )
     except ClientError as error:
         print(f"mmserve predict: error: {_describe(error, args.url)}", file=err)
@@ -108,6 +127,20 @@ def format_table(prediction: Prediction) -> str:
     for label, probability in prediction.ranked:
         bar = "#" * round(probability * BAR_WIDTH)
         lines.append(f"{label:<{width}}  {probability:>11.4f}  {bar}".rstrip())
+    if prediction.modalities not in (None, "image+text"):
+        lines.append(f"from the {prediction.modalities} alone")
+    lines.extend(f"warning: {warning}" for warning in prediction.warnings or ())
+    explanation = prediction.explanation
+    if explanation is not None:
+        for name, effect in (
+            ("image", explanation.without_image),
+            ("text", explanation.without_text),
+        ):
+            change = "changes" if effect.top_class_changes else "stays"
+            lines.append(
+                f"without the {name}: {effect.label} ({change}), top class probability "
+                f"{effect.probability_change:+.4f}"
+            )
     return "\n".join(lines)
 
 

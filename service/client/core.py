@@ -7,6 +7,7 @@ already holds a PIL image).
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import io
 import os
@@ -20,7 +21,15 @@ from urllib.parse import quote
 
 import httpx
 
-from service.client.types import APIError, ModelInfo, Prediction, TransportError, UnavailableError
+from service.client.types import (
+    APIError,
+    Explanation,
+    ModalityEffect,
+    ModelInfo,
+    Prediction,
+    TransportError,
+    UnavailableError,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -48,9 +57,11 @@ class Request:
 
     method: str
     path: str
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    files: list[tuple[str, tuple[str | None, bytes, str]]] | None = None
     data: dict[str, Any] | None = None
     retry: bool = True
+    json: dict[str, Any] | None = None
+    params: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,23 +153,81 @@ class Target:
 DEFAULT_TARGET = Target()
 
 
+EXPLAIN = ("modality",)
+"""The ``explain`` values the service accepts."""
+
+
+def _explain_params(explain: str | None) -> dict[str, str] | None:
+    if explain is None:
+        return None
+    if explain not in EXPLAIN:
+        raise ValueError(f"explain must be one of {EXPLAIN}, not {explain!r}")
+    return {"explain": explain}
+
+
+def _check_item(image: ImageInput | None, text: str | None, where: str = "") -> None:
+    if image is None and not text:
+        raise ValueError(f"{where}give an image, a text or both (an empty text is no text)")
+
+
 def predict_request(
-    image: ImageInput, text: str, top_k: int | None, target: Target = DEFAULT_TARGET
+    image: ImageInput | None,
+    text: str | None,
+    top_k: int | None,
+    target: Target = DEFAULT_TARGET,
+    explain: str | None = None,
 ) -> Request:
-    files = [("image", image_part(image))]
-    data = _with_top_k({"text": text}, top_k)
-    return Request("POST", target.path(batch=False), files=files, data=data)
+    """One pair; a missing image or text is left out of the form (the model's blank
+    stands in)."""
+    _check_item(image, text)
+    if image is None:
+        # The text as a part without a file name (a form field): httpx sends a form as
+        # multipart only when it has a file part, and the route reads multipart only.
+        assert text is not None
+        part = (None, text.encode("utf-8"), "text/plain; charset=utf-8")
+        files: list[tuple[str, tuple[str | None, bytes, str]]] = [("text", part)]
+        data = _with_top_k({}, top_k)
+    else:
+        files = [("image", image_part(image))]
+        data = _with_top_k({} if text is None else {"text": text}, top_k)
+    path = target.path(batch=False)
+    return Request("POST", path, files=files, data=data, params=_explain_params(explain))
 
 
 def batch_request(
-    items: Sequence[tuple[ImageInput, str]], top_k: int | None, target: Target = DEFAULT_TARGET
+    items: Sequence[tuple[ImageInput | None, str | None]],
+    top_k: int | None,
+    target: Target = DEFAULT_TARGET,
+    explain: str | None = None,
 ) -> Request:
+    """Multipart parts paired by order; a JSON batch when some items miss their image
+    (multipart cannot leave one image out of the pairing)."""
     if not items:
         raise ValueError("predict_batch needs at least one (image, text) pair")
+    for i, (image, text) in enumerate(items):
+        _check_item(image, text, f"item {i}: ")
+    path, params = target.path(batch=True), _explain_params(explain)
+    if any(image is None for image, _ in items):
+        instances = [_instance(image, text) for image, text in items]
+        body: dict[str, Any] = {"instances": instances}
+        if top_k is not None:
+            body["top_k"] = top_k
+        return Request("POST", path, json=body, params=params)
     # Repeated parts, paired by order: the i-th image goes with the i-th text.
-    files = [("image", image_part(image)) for image, _ in items]
-    data = _with_top_k({"text": [text for _, text in items]}, top_k)
-    return Request("POST", target.path(batch=True), files=files, data=data)
+    files: list[tuple[str, tuple[str | None, bytes, str]]] = [
+        ("image", image_part(image)) for image, _ in items if image is not None
+    ]
+    data = _with_top_k({"text": [text or "" for _, text in items]}, top_k)
+    return Request("POST", path, files=files, data=data, params=params)
+
+
+def _instance(image: ImageInput | None, text: str | None) -> dict[str, Any]:
+    instance: dict[str, Any] = {}
+    if image is not None:
+        instance["image"] = {"b64": base64.b64encode(image_part(image)[1]).decode("ascii")}
+    if text is not None:
+        instance["text"] = text
+    return instance
 
 
 def model_action(name: str, action: str) -> Request:
@@ -214,20 +283,59 @@ def _checked(parse: Callable[[Any], T], body: Any) -> T:
         ) from error
 
 
-def _prediction(model: str, version: int, result: dict[str, Any]) -> Prediction:
+def _ranked(result: dict[str, Any]) -> dict[str, float]:
     pairs = [(str(p["label"]), float(p["probability"])) for p in result["predictions"]]
     pairs.sort(key=lambda pair: pair[1], reverse=True)
-    return Prediction(model, version, str(result["label"]), dict(pairs))
+    return dict(pairs)
+
+
+def _effect(body: dict[str, Any]) -> ModalityEffect:
+    return ModalityEffect(
+        str(body["label"]), float(body["probability_change"]), bool(body["top_class_changes"])
+    )
+
+
+def _explanation(body: dict[str, Any] | None) -> Explanation | None:
+    if body is None:
+        return None
+    return Explanation(
+        full=_ranked(body["full"]),
+        image_only=_ranked(body["image_only"]),
+        text_only=_ranked(body["text_only"]),
+        without_image=_effect(body["without_image"]),
+        without_text=_effect(body["without_text"]),
+        raw=body,
+    )
+
+
+def _prediction(
+    model: str, version: int, result: dict[str, Any], warnings: list[str] | None
+) -> Prediction:
+    modalities = result.get("modalities")
+    return Prediction(
+        model,
+        version,
+        str(result["label"]),
+        _ranked(result),
+        modalities=None if modalities is None else str(modalities),
+        warnings=None if warnings is None else tuple(str(w) for w in warnings),
+        explanation=_explanation(result.get("explanation")),
+    )
 
 
 def parse_prediction(body: Any) -> Prediction:
-    return _checked(lambda b: _prediction(str(b["model"]), int(b["version"]), b), body)
+    return _checked(
+        lambda b: _prediction(str(b["model"]), int(b["version"]), b, b.get("warnings")), body
+    )
 
 
 def parse_batch(body: Any) -> list[Prediction]:
+    """One prediction per result; each carries the response's warnings (they are the
+    batch's, not one item's)."""
+
     def parse(b: Any) -> list[Prediction]:
-        model, version = str(b["model"]), int(b["version"])
-        return [_prediction(model, version, result) for result in b["results"]]
+        model, version, warnings = str(b["model"]), int(b["version"]), b.get("warnings")
+        return [_prediction(model, version, result, warnings) for result in b["results"]]
 
     return _checked(parse, body)
 

@@ -39,17 +39,49 @@ class TransportError(ClientError):
 
 
 @dataclass(frozen=True)
+class ModalityEffect:
+    """What removing one modality does to the answer for the full input."""
+
+    label: str
+    """The most probable class without the modality."""
+    probability_change: float
+    """The full input's top class: its probability without the modality minus with it."""
+    top_class_changes: bool
+    """Whether the most probable class without the modality is another one."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """``explain="modality"``: the answer as sent, from the image alone (text blanked) and
+    from the text alone (image blanked), each label -> probability, highest first."""
+
+    full: Mapping[str, float] = field(hash=False)
+    image_only: Mapping[str, float] = field(hash=False)
+    text_only: Mapping[str, float] = field(hash=False)
+    without_image: ModalityEffect
+    without_text: ModalityEffect
+    raw: Mapping[str, Any] = field(hash=False, repr=False)
+    """The service's JSON for it."""
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """Class probabilities for one image+text pair.
+    """Class probabilities for one image+text pair (or an image or a text alone).
 
     ``probabilities`` maps label to probability, highest first (iteration order), so
-    ``next(iter(p.probabilities))`` is ``p.label``.
+    ``next(iter(p.probabilities))`` is ``p.label``. ``modalities`` is what the request sent
+    (``"image+text"``, ``"image"`` or ``"text"``; None from a server that does not say),
+    ``warnings`` what the service had to say about the answer (e.g. a one-modality request
+    to a model trained without modality dropout), ``explanation`` present when asked for.
     """
 
     model: str
     version: int
     label: str
     probabilities: Mapping[str, float] = field(hash=False)
+    modalities: str | None = None
+    warnings: tuple[str, ...] | None = None
+    explanation: Explanation | None = field(default=None, hash=False)
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -58,12 +90,19 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """The service's JSON shape: ``{"model","version","label","predictions":[...]}``."""
-        return {
+        out: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
             "label": self.label,
             "predictions": [{"label": k, "probability": v} for k, v in self.ranked],
         }
+        if self.modalities is not None:
+            out["modalities"] = self.modalities
+        if self.warnings is not None:
+            out["warnings"] = list(self.warnings)
+        if self.explanation is not None:
+            out["explanation"] = dict(self.explanation.raw)
+        return out
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,12 @@ MODEL_PREDICTIONS = Counter(
     "share shows here).",
     ("model", "version"),
 )
+SINGLE_MODALITY_WITHOUT_DROPOUT = Counter(
+    "mmserve_single_modality_without_dropout",
+    "Image-only or text-only pairs answered by a model trained without modality dropout "
+    "(each answered with a warning), by model and version.",
+    ("model", "version"),
+)
 _published: set[tuple[str, str, str]] = set()
 
 

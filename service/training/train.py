@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from service import model_store
 from service.preprocessing import (
+    BLANK_IMAGE,
     BLANK_TEXT,
     GOLDEN_TOLERANCE,
     blank_image,
@@ -443,7 +444,7 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
                     "dtype": "float32",
                     "range": [0, 255],
                     "in_graph": _image_preprocessing(m.backbone),
-                    "blank": "all zeros",
+                    "blank": BLANK_IMAGE,
                 },
                 "text": {**_text_preprocessing(m), "blank": BLANK_TEXT},
             },

@@ -130,7 +130,9 @@ def test_one_bad_image_names_its_position(client: TestClient, fake: FakeClassifi
     [
         (b"{not json", 400),
         (b'{"instances": []}', 422),
-        (b'{"instances": [{"image": {"b64": ""}}]}', 422),
+        (b'{"instances": [{"image": {"b64": ""}}]}', 400),  # an empty file is no image
+        (b'{"instances": [{}]}', 422),  # neither modality
+        (b'{"instances": [{"image": null, "text": ""}]}', 422),
         (b'{"instances": [{"image": "abc", "text": ""}]}', 422),
         (b'{"items": []}', 422),
     ],

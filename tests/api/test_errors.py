@@ -28,12 +28,16 @@ CASES: dict[str, tuple[dict[str, Any], int, str]] = {
         413,
         "payload_too_large",
     ),
-    "missing image": (
-        {"files": {"other": ("x.png", PNG)}, "data": {"text": "t"}},
+    "neither image nor text": (
+        {"files": {"other": ("x.png", PNG)}, "data": {"note": "t"}},
         422,
-        "unprocessable_input",
+        "missing_modalities",
     ),
-    "missing text": ({"files": {"image": ("x.png", PNG)}}, 422, "unprocessable_input"),
+    "empty text and no image": (
+        {"files": {"other": ("x.png", PNG)}, "data": {"text": ""}},
+        422,
+        "missing_modalities",
+    ),
     "image as a text field": (
         {"files": {"text": (None, "t")}, "data": {"image": "abc"}},
         422,

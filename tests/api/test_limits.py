@@ -153,11 +153,10 @@ BROKEN: dict[str, tuple[dict[str, Any], int, str]] = {
         400,
         "invalid_image",
     ),
-    "missing text field": ({"files": {"image": ("x.png", PNG)}}, 422, "unprocessable_input"),
-    "missing image field": (
-        {"data": {"text": "t"}, "files": {"x": ("x", b"")}},
+    "neither image nor text field": (
+        {"data": {"other": "t"}, "files": {"x": ("x", b"")}},
         422,
-        "unprocessable_input",
+        "missing_modalities",
     ),
     "unparseable multipart": (
         {

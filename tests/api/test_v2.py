@@ -103,6 +103,13 @@ def test_model_metadata_shape(client: TestClient) -> None:
             {"name": "text", "datatype": "BYTES", "shape": [-1]},
         ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        # The fake's metadata records no modality dropout and no ablation.
+        "parameters": {
+            "trained_with_modality_dropout": False,
+            "accuracy": 0.9,
+            "optional_inputs": "image,text",
+            "explain": "modality",
+        },
     }
     assert client.get("/v2/models/fake").json() == want
     assert client.get("/v2/models/fake/versions/3").json() == want
@@ -282,7 +289,12 @@ def _bad_requests() -> list[tuple[str, Any, dict[str, str]]]:
 
     return [
         ("not json", b"{", {}),
-        ("no inputs", {"inputs": []}, {}),
+        ("unknown explain", edit(lambda r: r.update(parameters={"explain": "shap"})), {}),
+        (
+            "explain output unasked",
+            edit(lambda r: r.update(outputs=[{"name": "probabilities_image_only"}])),
+            {},
+        ),
         ("unequal counts", json_request([image_bytes()] * 2, ["x"]), {}),
         ("shape mismatch", edit(lambda r: r["inputs"][1].update(shape=[2])), {}),
         ("wrong datatype", edit(lambda r: r["inputs"][1].update(datatype="FP32")), {}),

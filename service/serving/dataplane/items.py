@@ -1,5 +1,10 @@
 """What every protocol decodes a request into: image+text items, with the text limit and
-base64 decoding shared by the JSON bodies of v1 and v2."""
+base64 decoding shared by the JSON bodies of v1 and v2.
+
+Either modality may be missing, never both. An omitted (or null) image or text is missing,
+and so is an empty text (``""``, the trained blank itself); an empty image file is not
+"no image" but a file that cannot be decoded (400 ``invalid_image``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from service.errors import InvalidBase64, TextTooLong, UnprocessableInput
+from service.errors import InvalidBase64, MissingModalities, TextTooLong, UnprocessableInput
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,19 @@ def modalities(item: Item) -> str:
     if item.text is None:
         return "image"
     return "image+text"
+
+
+def make_item(image: bytes | None, text: str | None, where: str = "") -> Item:
+    """An item from what a request sent: an empty text counts as no text, and an item
+    without either modality is refused (:class:`MissingModalities`)."""
+    if text == "":
+        text = None
+    if image is None and text is None:
+        raise MissingModalities(
+            f"{where}neither an image nor a text: send at least one of them (an empty text "
+            "counts as none)"
+        )
+    return Item(image, text)
 
 
 def check_text(text: str, max_chars: int, where: str = "") -> None:

@@ -1,4 +1,5 @@
-"""The one way every protocol runs items through a model version: decode, then batch."""
+"""The one way every protocol runs items through a model version: decode (a missing
+modality becomes the model's trained blank), then batch."""
 
 from __future__ import annotations
 
@@ -6,11 +7,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.preprocessing import Blanks
 from service.serving.api.middleware.observability import note_items
 from service.serving.dataplane.items import Item
+from service.serving.dataplane.modality import blanks_of, count_unsupported
 from service.serving.dataplane.traffic import observe
 from service.serving.inference.runtime import Runtime
 from service.serving.metrics import MODEL_PREDICTIONS
+
+
+async def model_inputs(
+    runtime: Runtime, items: Sequence[Item], blanks: Blanks
+) -> tuple[np.ndarray, list[str]]:
+    """The model's inputs for the items: decoded pixels ``[N, H, W, 3]`` and texts, with
+    ``blanks`` where a modality is missing (pixels, never an encoded file)."""
+    images = await runtime.decoder.decode([item.image for item in items], blanks.image)
+    texts = [blanks.text if item.text is None else item.text for item in items]
+    return images, texts
 
 
 async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
@@ -18,10 +31,10 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log
     with runtime.batcher.arriving(len(items)) as arrival:
-        images = await runtime.decoder.decode([item.image or b"" for item in items])
-        texts = [item.text or "" for item in items]
+        images, texts = await model_inputs(runtime, items, blanks_of(runtime.classifier))
         probabilities = await runtime.batcher.predict(images, texts, arrival)
     model = runtime.classifier
     MODEL_PREDICTIONS.labels(model.name, str(model.version)).inc(len(items))
+    count_unsupported(model, items)
     observe(runtime, items, probabilities)
     return probabilities

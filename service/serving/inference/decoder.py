@@ -33,8 +33,11 @@ class ImageDecoder:
             max_workers=workers, thread_name_prefix="mmserve-decode"
         )
 
-    async def decode(self, files: Sequence[bytes]) -> np.ndarray:
-        """Decode every file concurrently into float32 ``[N, H, W, 3]`` in request order.
+    async def decode(
+        self, files: Sequence[bytes | None], blank: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Decode every file concurrently into float32 ``[N, H, W, 3]`` in request order;
+        ``None`` (no image) becomes ``blank``, the model's trained blank pixels.
 
         Raises the :class:`InvalidImage`, :class:`UnsupportedMediaType` or
         :class:`PayloadTooLarge` of the first bad file (by position); with several files the
@@ -47,8 +50,11 @@ class ImageDecoder:
             max_pixels=self.max_pixels,
             allowed_formats=self.allowed_formats,
         )
-        jobs = [loop.run_in_executor(self._executor, decode, data) for data in files]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        if blank is None and any(data is None for data in files):
+            raise ValueError("a missing image needs the model's blank")
+        jobs = [loop.run_in_executor(self._executor, decode, d) for d in files if d is not None]
+        decoded = iter(await asyncio.gather(*jobs, return_exceptions=True))
+        results = [blank if data is None else next(decoded) for data in files]
         for i, result in enumerate(results):
             if isinstance(result, _CLIENT_ERRORS):
                 if len(files) == 1:

@@ -13,7 +13,7 @@ import numpy as np
 
 from service.errors import ArtifactError
 from service.model_store import ModelVersion, load_golden
-from service.preprocessing import GOLDEN_TOLERANCE, golden_pixels
+from service.preprocessing import GOLDEN_TOLERANCE, declared_blanks, golden_pixels
 from service.serving.inference.classifier import Classifier
 
 
@@ -31,10 +31,13 @@ def verify_golden(
     golden = load_golden(version.path)
     if not golden.examples:
         raise ArtifactError(f"{version.path}: the golden set is empty")
+    # The blanks the service substitutes for a missing modality: the golden examples
+    # without an image or a text prove them as well.
+    blanks = declared_blanks(classifier.metadata.preprocessing, classifier.image_size)
     worst = 0.0
     for i, ex in enumerate(golden.examples):
         try:
-            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size)
+            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size, blanks.image)
         except OSError as exc:
             raise ArtifactError(f"golden example {i}: cannot read {ex.image}: {exc}") from exc
         probs = classifier.predict(pixels[None], [ex.text])[0]

@@ -1,4 +1,5 @@
-"""Reading JSON batches: ``{"instances": [{"image": {"b64": ...}, "text": ...}], "top_k"}``."""
+"""Reading JSON batches: ``{"instances": [{"image": {"b64": ...}, "text": ...}], "top_k"}``
+(an instance may leave out its image or its text, not both)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from service.errors import BadRequest, PayloadTooLarge
 from service.serving.api.v1.schemas import BatchRequest
-from service.serving.dataplane.items import Item, check_text, decode_b64
+from service.serving.dataplane.items import Item, check_text, decode_b64, make_item
 
 
 async def read_json_batch(
@@ -41,10 +42,11 @@ def parse_json_batch(
         raise PayloadTooLarge(
             f"the batch holds {len(batch.instances)} instances; the limit is {max_items}"
         )
+    items = []
     for i, instance in enumerate(batch.instances):
-        check_text(instance.text, max_text_chars, f"instance {i}: ")
-    items = [
-        Item(decode_b64(instance.image.b64, f"instance {i}: "), instance.text)
-        for i, instance in enumerate(batch.instances)
-    ]
+        where = f"instance {i}: "
+        if instance.text is not None:
+            check_text(instance.text, max_text_chars, where)
+        image = None if instance.image is None else decode_b64(instance.image.b64, where)
+        items.append(make_item(image, instance.text, where))
     return items, batch.top_k

@@ -13,12 +13,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from service.errors import ModelLoadFailed, UnprocessableInput
+from service.preprocessing import BLANK_IMAGE
 from service.serving.api.deps import RegistryDep, StateDep
 from service.serving.api.errors import error_responses
 from service.serving.api.state import AppState
 from service.serving.api.v1.schemas import (
     CanaryUpdate,
     LabelUpdate,
+    ModalitySection,
     ModelDescription,
     ModelList,
     ReloadResponse,
@@ -26,6 +28,9 @@ from service.serving.api.v1.schemas import (
     RepositoryModel,
     TensorSpec,
 )
+from service.serving.dataplane.explain import EXPLAIN_METHODS
+from service.serving.dataplane.modality import blanks_of, modality_support
+from service.serving.inference.classifier import Classifier
 from service.serving.inference.registry import ModelRegistry, ServedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -51,13 +56,17 @@ def describe_model(model: ServedModel) -> ModelDescription:
                 dtype="float32",
                 shape=[-1, h, w, 3],
                 description="RGB pixels 0..255 after decoding any image file and stretching "
-                "it to the model's size (the API does this for uploaded files).",
+                "it to the model's size (the API does this for uploaded files). Optional: "
+                "without it, all-zero pixels (the trained blank) stand in.",
+                optional=True,
             ),
             TensorSpec(
                 name="text",
                 dtype="string",
                 shape=[-1],
-                description="Raw text; the model normalises and tokenises it ('' = no text).",
+                description="Raw text; the model normalises and tokenises it. Optional: "
+                "omitted or '' is no text (the trained blank). Not both inputs may be missing.",
+                optional=True,
             ),
         ],
         outputs=[
@@ -66,11 +75,28 @@ def describe_model(model: ServedModel) -> ModelDescription:
                 dtype="float32",
                 shape=[-1, len(classifier.labels)],
                 description="Softmax over the labels, in label order.",
+                optional=False,
             )
         ],
         metrics=dict(meta.metrics),
+        modalities=modality_section(classifier),
+        explain=list(EXPLAIN_METHODS),
         created_at=meta.created_at,
         framework=dict(meta.framework),
+    )
+
+
+def modality_section(classifier: Classifier) -> ModalitySection:
+    """What a one-modality request to ``classifier`` is worth, and what stands in."""
+    support = modality_support(classifier.metadata)
+    blanks = blanks_of(classifier)
+    return ModalitySection(
+        trained_with_modality_dropout=support.trained_with_dropout,
+        modality_dropout=support.modality_dropout,
+        accuracy=support.accuracy,
+        image_only_accuracy=support.image_only_accuracy,
+        text_only_accuracy=support.text_only_accuracy,
+        blanks={"image": BLANK_IMAGE, "text": blanks.text},
     )
 
 

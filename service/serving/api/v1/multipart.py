@@ -1,4 +1,5 @@
-"""Reading ``multipart/form-data`` bodies: ``image`` file parts, ``text`` parts, ``top_k``."""
+"""Reading ``multipart/form-data`` bodies: ``image`` file parts, ``text`` parts, ``top_k``
+(either modality's parts may be left out, not both)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.errors import BadRequest, PayloadTooLarge, UnpairedParts, UnprocessableInput
-from service.serving.dataplane.items import Item, check_text
+from service.errors import (
+    BadRequest,
+    MissingModalities,
+    PayloadTooLarge,
+    UnpairedParts,
+    UnprocessableInput,
+)
+from service.serving.dataplane.items import Item, check_text, make_item
 
 # Room for `top_k` and stray fields beside the image and text parts.
 _SPARE_FIELDS = 8
@@ -61,26 +68,32 @@ async def read_form(request: Request, max_items: int) -> AsyncIterator[FormData]
 
 
 async def form_items(form: FormData, max_text_chars: int) -> list[Item]:
-    """The ``image`` file parts paired by order with the ``text`` parts."""
+    """The ``image`` file parts paired by order with the ``text`` parts; without any
+    ``image`` part every item is text only, without any ``text`` part image only."""
     files = form.getlist("image")
     texts = form.getlist("text")
-    if not files:
-        raise UnprocessableInput("missing the 'image' part: send the image as a file part")
-    if not texts:
-        raise UnprocessableInput("missing the 'text' part ('' stands for no text)")
-    if len(files) != len(texts):
+    if not files and not texts:
+        raise MissingModalities(
+            "neither an 'image' nor a 'text' part: send an image file part, a text part, or both"
+        )
+    if files and texts and len(files) != len(texts):
         raise UnpairedParts(
             f"{len(files)} 'image' parts but {len(texts)} 'text' parts: send one text per image"
         )
+    count = max(len(files), len(texts))
     items = []
-    for i, (file, text) in enumerate(zip(files, texts, strict=True)):
-        where = f"item {i}: " if len(files) > 1 else ""
-        if not isinstance(file, UploadFile):
+    for i in range(count):
+        where = f"item {i}: " if count > 1 else ""
+        file = files[i] if files else None
+        text = texts[i] if texts else None
+        if file is not None and not isinstance(file, UploadFile):
             raise UnprocessableInput(f"{where}'image' must be a file part, not a text field")
-        if not isinstance(text, str):
+        if text is not None and not isinstance(text, str):
             raise UnprocessableInput(f"{where}'text' must be a text field, not a file")
-        check_text(text, max_text_chars, where)
-        items.append(Item(await file.read(), text))
+        if text is not None:
+            check_text(text, max_text_chars, where)
+        image = None if file is None else await file.read()
+        items.append(make_item(image, text, where))
     return items
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 
 
@@ -13,6 +14,53 @@ class ClassProbability(BaseModel):
 
     label: str
     probability: float = Field(ge=0, le=1)
+
+
+Modalities = Literal["image+text", "image", "text"]
+"""What an item sent; the missing modality (if any) was replaced by the model's blank."""
+
+_MODALITIES = (
+    "What the request sent: 'image+text', 'image' (the text missing or empty) or 'text' (the "
+    "image missing); the model's trained blank stood in for a missing modality."
+)
+_WARNINGS = (
+    "Warnings about the answer, e.g. one-modality items answered by a model trained without "
+    "modality dropout (empty when there is nothing to say)."
+)
+
+
+class Ranked(BaseModel):
+    """Every class (or the top_k) with its probability, highest first."""
+
+    label: str = Field(description="The most probable class.")
+    predictions: list[ClassProbability] = Field(
+        description="Every class (or the top_k), by probability, highest first."
+    )
+
+
+class ModalityEffect(BaseModel):
+    """What removing one modality does to the answer for the full input."""
+
+    label: str = Field(description="The most probable class without the modality.")
+    probability_change: float = Field(
+        description="The full input's top class: its probability without the modality minus "
+        "its probability with it (negative: the modality supported the answer)."
+    )
+    top_class_changes: bool = Field(
+        description="Whether the most probable class without the modality is another one."
+    )
+
+
+class Explanation(BaseModel):
+    """``explain=modality``: the item as sent, with its text blanked and with its image
+    blanked, scored together in one model call (three items' cost), and what removing each
+    modality changes. The predictions list every class, whatever ``top_k`` says."""
+
+    full: Ranked = Field(description="The item as sent (the same answer as the response's).")
+    image_only: Ranked = Field(description="The image alone: the text replaced by the blank.")
+    text_only: Ranked = Field(description="The text alone: the image replaced by the blank.")
+    without_image: ModalityEffect = Field(description="Removing the image (= text_only).")
+    without_text: ModalityEffect = Field(description="Removing the text (= image_only).")
 
 
 class PredictResponse(BaseModel):
@@ -30,6 +78,8 @@ class PredictResponse(BaseModel):
                         {"label": "dog", "probability": 0.07},
                         {"label": "bird", "probability": 0.02},
                     ],
+                    "modalities": "image+text",
+                    "warnings": [],
                 }
             ]
         }
@@ -41,13 +91,20 @@ class PredictResponse(BaseModel):
     predictions: list[ClassProbability] = Field(
         description="Every class (or the top_k), by probability, highest first."
     )
+    modalities: Modalities = Field(description=_MODALITIES)
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
+    explanation: Explanation | None = Field(
+        None, description="Only with explain=modality: the answer by modality."
+    )
 
 
-class BatchResult(BaseModel):
+class BatchResult(Ranked):
     """The answer for one pair of a batch."""
 
-    label: str
-    predictions: list[ClassProbability]
+    modalities: Modalities = Field(description=_MODALITIES)
+    explanation: Explanation | None = Field(
+        None, description="Only with explain=modality: the answer by modality."
+    )
 
 
 class BatchPredictResponse(BaseModel):
@@ -60,9 +117,18 @@ class BatchPredictResponse(BaseModel):
                     "model": "demo",
                     "version": 1,
                     "results": [
-                        {"label": "cat", "predictions": [{"label": "cat", "probability": 0.91}]},
-                        {"label": "dog", "predictions": [{"label": "dog", "probability": 0.84}]},
+                        {
+                            "label": "cat",
+                            "predictions": [{"label": "cat", "probability": 0.91}],
+                            "modalities": "image+text",
+                        },
+                        {
+                            "label": "dog",
+                            "predictions": [{"label": "dog", "probability": 0.84}],
+                            "modalities": "text",
+                        },
                     ],
+                    "warnings": [],
                 }
             ]
         }
@@ -71,6 +137,7 @@ class BatchPredictResponse(BaseModel):
     model: str
     version: int
     results: list[BatchResult]
+    warnings: list[str] = Field(default_factory=list, description=_WARNINGS)
 
 
 class B64Image(BaseModel):
@@ -79,11 +146,25 @@ class B64Image(BaseModel):
     b64: str = Field(description="The encoded image file (JPEG, PNG, ...) in base64.")
 
 
-class BatchInstance(BaseModel):
-    """One image+text pair of a JSON batch."""
+# "Either modality, not neither" in JSON Schema, so that schema-driven clients and tests
+# know an empty item is refused (422 missing_modalities).
+_SOME_TEXT: JsonDict = {"type": "string", "minLength": 1}
 
-    image: B64Image
-    text: str
+
+class BatchInstance(BaseModel):
+    """One image+text pair of a JSON batch: either may be omitted (or null), not both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["image"], "properties": {"image": {"type": "object"}}},
+                {"required": ["text"], "properties": {"text": _SOME_TEXT}},
+            ]
+        }
+    )
+
+    image: B64Image | None = Field(None, description="Omitted or null: no image.")
+    text: str | None = Field(None, description="Omitted, null or '': no text.")
 
 
 # Whole 1x1 PNGs, so the documented example is a request the service answers with 200.
@@ -122,19 +203,48 @@ FormTopK = Annotated[int, Field(ge=1)] | SkipJsonSchema[None]
 
 
 class PredictForm(BaseModel):
-    """``multipart/form-data`` body of ``POST /v1/predict``."""
+    """``multipart/form-data`` body of ``POST /v1/predict``: an image, a text, or both."""
 
-    image: bytes = Field(description="An image file: JPEG, PNG, GIF, WebP, BMP or TIFF.")
-    text: str = Field(description="The text that goes with the image ('' for none).")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["image"]},
+                {"required": ["text"], "properties": {"text": _SOME_TEXT}},
+            ]
+        }
+    )
+
+    image: bytes | SkipJsonSchema[None] = Field(
+        None, description="An image file: JPEG, PNG, GIF, WebP, BMP or TIFF (omit: text only)."
+    )
+    text: str | SkipJsonSchema[None] = Field(
+        None, description="The text that goes with the image (omit or '': image only)."
+    )
     top_k: FormTopK = Field(None, description="Return only the k most probable classes.")
 
 
 class BatchForm(BaseModel):
     """``multipart/form-data`` body of ``POST /v1/predict/batch``: parts paired by order."""
 
-    image: list[bytes] = Field(min_length=1, description="Repeated image file parts.")
-    text: list[str] = Field(
-        min_length=1, description="Repeated text parts, one per image, in the same order."
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["image"], "properties": {"image": {"minItems": 1}}},
+                {
+                    "required": ["text"],
+                    "properties": {"text": {"minItems": 1, "items": _SOME_TEXT}},
+                },
+            ]
+        }
+    )
+
+    image: list[bytes] | SkipJsonSchema[None] = Field(
+        None, description="Repeated image file parts (omit them all: every item text only)."
+    )
+    text: list[str] | SkipJsonSchema[None] = Field(
+        None,
+        description="Repeated text parts, one per image, in the same order ('' for an item "
+        "without text; omit them all: every item image only).",
     )
     top_k: FormTopK = Field(None, description="Return only the k most probable classes.")
 
@@ -146,6 +256,32 @@ class TensorSpec(BaseModel):
     dtype: str
     shape: list[int] = Field(description="-1 stands for the batch dimension.")
     description: str
+    optional: bool = Field(
+        False, description="Whether a request may omit it (the model's blank stands in)."
+    )
+
+
+class ModalitySection(BaseModel):
+    """What a one-modality answer of this model is worth (from its training metadata)."""
+
+    trained_with_modality_dropout: bool = Field(
+        description="Whether training blanked modalities at random, so that the model learnt "
+        "to answer from one; without it, one-modality answers carry a warning."
+    )
+    modality_dropout: float | None = Field(
+        description="The per-example probability of blanking each modality in training "
+        "(null: not recorded)."
+    )
+    accuracy: float | None = Field(description="Test-split accuracy with both modalities.")
+    image_only_accuracy: float | None = Field(
+        description="Test-split accuracy with the text blanked."
+    )
+    text_only_accuracy: float | None = Field(
+        description="Test-split accuracy with the image blanked."
+    )
+    blanks: dict[str, str] = Field(
+        description="What stands in for a missing modality: the image (pixels) and the text."
+    )
 
 
 class ModelDescription(BaseModel):
@@ -177,6 +313,15 @@ class ModelDescription(BaseModel):
                         }
                     ],
                     "metrics": {"test": {"accuracy": 0.95, "f1_macro": 0.95}},
+                    "modalities": {
+                        "trained_with_modality_dropout": True,
+                        "modality_dropout": 0.2,
+                        "accuracy": 0.95,
+                        "image_only_accuracy": 0.71,
+                        "text_only_accuracy": 0.83,
+                        "blanks": {"image": "all zeros", "text": ""},
+                    },
+                    "explain": ["modality"],
                     "created_at": "2024-05-01T12:00:00+00:00",
                     "framework": {"tensorflow": "2.21.0", "keras": "3.15.1"},
                 }
@@ -203,6 +348,8 @@ class ModelDescription(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metrics: dict[str, Any] = Field(description="Evaluation metrics recorded at training time.")
+    modalities: ModalitySection
+    explain: list[str] = Field(description="The explain= values prediction routes accept.")
     created_at: str
     framework: dict[str, str]
 

@@ -36,10 +36,14 @@ from service.serving.api.v2.tensors import (
     IMAGE,
     PROBABILITIES,
     TEXT,
+    explanation_tensors,
+    request_explain,
     request_items,
     response_outputs,
 )
-from service.serving.dataplane.items import Item
+from service.serving.dataplane.explain import EXPLAIN_METHODS, explain_items
+from service.serving.dataplane.items import Item, modalities
+from service.serving.dataplane.modality import modality_support, modality_warnings
 from service.serving.dataplane.predict import predict_items
 from service.serving.inference.classifier import Classifier
 from service.serving.inference.registry import ModelRegistry
@@ -92,9 +96,25 @@ def served(registry: ModelRegistry, name: str, version: str | None) -> Runtime:
     return model.route(version=int(version))
 
 
+def model_parameters(classifier: Classifier) -> dict[str, Any]:
+    """The metadata's ``parameters``: what a one-modality request is worth (flat scalars,
+    as the protocol's parameters are)."""
+    support = modality_support(classifier.metadata)
+    values: dict[str, Any] = {
+        "trained_with_modality_dropout": support.trained_with_dropout,
+        "modality_dropout": support.modality_dropout,
+        "accuracy": support.accuracy,
+        "image_only_accuracy": support.image_only_accuracy,
+        "text_only_accuracy": support.text_only_accuracy,
+        "optional_inputs": f"{IMAGE},{TEXT}",
+        "explain": ",".join(EXPLAIN_METHODS),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def model_metadata(classifier: Classifier, versions: list[int]) -> V2ModelMetadata:
-    """The protocol's description of a classifier: encoded image files and texts in,
-    probabilities in label order out."""
+    """The protocol's description of a classifier: encoded image files and texts in (either
+    may be left out), probabilities in label order out."""
     return V2ModelMetadata(
         name=classifier.name,
         versions=[str(v) for v in versions],
@@ -106,6 +126,7 @@ def model_metadata(classifier: Classifier, versions: list[int]) -> V2ModelMetada
         outputs=[
             MetadataTensor(name=PROBABILITIES, datatype="FP32", shape=[-1, len(classifier.labels)])
         ],
+        parameters=model_parameters(classifier),
     )
 
 
@@ -184,7 +205,15 @@ async def infer(
     settings: SettingsDep,
 ) -> Response:
     """Probabilities for the ``image`` and ``text`` inputs (``BYTES``, one element per
-    pair), as JSON or binary tensor data, or the top classes (``classification``)."""
+    pair; either input may be left out, not both), as JSON or binary tensor data, or the
+    top classes (``classification``).
+
+    ``parameters: {"explain": "modality"}`` also scores each item with its text blanked and
+    with its image blanked, in the same model call (three items' cost), and adds the
+    outputs ``probabilities_image_only``, ``probabilities_text_only`` (FP32 [N, C]),
+    ``probability_change_without_image``, ``probability_change_without_text`` (FP32 [N]:
+    the full input's top class, its probability without the modality minus with it) and
+    ``top_class_changes_without_image``, ``top_class_changes_without_text`` (BOOL [N])."""
     return await _infer(request, runtime, settings)
 
 
@@ -213,12 +242,21 @@ async def _infer(request: Request, runtime: Runtime, settings: Settings) -> Resp
     parsed, items = await asyncio.to_thread(
         _parse, body, request.headers.get(HEADER_LENGTH), settings
     )
-    probabilities = await predict_items(runtime, items)
-    outputs, binary = response_outputs(parsed, probabilities, classifier.labels)
+    parameters: dict[str, Any] = {"modalities": ",".join(modalities(item) for item in items)}
+    if request_explain(parsed) is None:
+        tensors = {PROBABILITIES: await predict_items(runtime, items)}
+    else:
+        tensors = explanation_tensors(await explain_items(runtime, items))
+        parameters["explain"] = "modality"
+    outputs, binary = response_outputs(parsed, tensors, classifier.labels)
+    warnings = modality_warnings(classifier, items)
+    if warnings:
+        parameters["warnings"] = "; ".join(warnings)
     answer = InferResponse(
         model_name=classifier.name,
         model_version=str(classifier.version),
         id=parsed.id,
+        parameters=parameters,
         outputs=outputs,
     )
     content, header_length = encode_response(answer, binary)
@@ -235,5 +273,6 @@ def _parse(
     body: bytes, header_length: str | None, settings: Settings
 ) -> tuple[InferRequest, list[Item]]:
     parsed, binary = parse_request(body, header_length)
+    request_explain(parsed)  # an unknown explain is refused before any image is decoded
     items = request_items(parsed, binary, settings.max_batch_items, settings.max_text_chars)
     return parsed, items

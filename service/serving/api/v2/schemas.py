@@ -52,6 +52,13 @@ class V2ModelMetadata(BaseModel):
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
+    parameters: Parameters | None = Field(
+        None,
+        description="What a one-modality request is worth: trained_with_modality_dropout, "
+        "modality_dropout, accuracy, image_only_accuracy, text_only_accuracy (test split; "
+        "absent when not recorded), optional_inputs ('image,text': either may be left out, "
+        "not both) and explain ('modality').",
+    )
 
 
 class RequestInput(BaseModel):
@@ -113,6 +120,12 @@ class InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: Parameters | None = Field(
+        None,
+        description="modalities: what each item sent ('image+text', 'image' or 'text'), "
+        "comma-separated in item order; warnings: present when there are any, '; '-separated; "
+        "explain: 'modality' when the explanation's outputs are in the response.",
+    )
     outputs: list[ResponseOutput]
 
 
