@@ -251,14 +251,17 @@ def test_phone_and_dark_screens(browser: Browser, served: str, example: tuple[Pa
     assert backgrounds["light"] != backgrounds["dark"]
 
 
-FOCUSABLE = """() => [...document.querySelectorAll(
+# A radio group is one stop for Tab (arrow keys move within it), so it counts as one control.
+NAME = """el => el.type === 'radio' ? 'radio group ' + el.name
+  : el.id || el.dataset.label || el.getAttribute('href') || el.outerHTML"""
+
+FOCUSABLE = f"""() => [...document.querySelectorAll(
     'a[href], button, input, select, textarea, [tabindex]:not([tabindex="-1"])')]
   .filter(el => !el.disabled && el.getClientRects().length > 0
                 && getComputedStyle(el).visibility !== 'hidden')
-  .map(el => el.id || el.dataset.label || el.getAttribute('href') || el.outerHTML)"""
+  .map({NAME})"""
 
-ACTIVE = """() => { const el = document.activeElement;
-  return el.id || el.dataset.label || el.getAttribute('href') || el.outerHTML; }"""
+ACTIVE = f"""() => ({NAME})(document.activeElement)"""
 
 
 def test_keyboard_alone_reaches_every_control(
@@ -278,7 +281,15 @@ def test_keyboard_alone_reaches_every_control(
 
         controls = page.evaluate(FOCUSABLE)
         labels = [bar["label"] for bar in bars(page)]
-        assert {"image", "text", "submit", "clear", *labels} <= set(controls)
+        assert {
+            "image",
+            "text",
+            "radio group modality",
+            "explain",
+            "submit",
+            "clear",
+            *labels,
+        } <= set(controls)
         reached = []
         page.focus("body")
         for _ in range(3 * len(controls)):
