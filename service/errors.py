@@ -8,6 +8,7 @@ stable machine-readable code; the API maps it to ``{"error": {"code", "message"}
     │   ├── InvalidImage (400)
     │   └── InvalidBase64 (400)
     ├── Unauthorized (401) -- API keys are configured and the request has none that matches
+    ├── Forbidden (403) -- a valid API key, but the route needs an admin key
     ├── NotFound (404)
     ├── RequestTimeout (408) -- the headers or body did not arrive within their deadline
     ├── ReloadRejected (409) -- no newer model version can be served; the old one stays
@@ -73,6 +74,14 @@ class Unauthorized(ServiceError):
     def headers(self) -> dict[str, str]:
         # RFC 9110 requires a challenge on every 401.
         return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """The request carries a valid API key, but the route changes what the service serves
+    and admin keys are configured: it needs one of those."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ServiceError):

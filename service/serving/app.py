@@ -38,6 +38,7 @@ from service.serving.metrics import BatchMetrics, DriftMetrics, publish_models
 from service.serving.settings import Settings
 from service.serving.ui import ui_router
 from service.serving.worker_state import READY, WorkerGroup
+from service.serving.worker_sync import GroupChanges
 
 log = logging.getLogger("mmserve.app")
 
@@ -73,14 +74,18 @@ def create_app(
         configure_logging(active.log_level, active.log_format)
         state.settings = active
         capture = await _start_capture(active, workers)
+        changes = GroupChanges(workers, active.worker_sync_timeout_s)
+        state.changes = changes
+        generation, names = changes.models_at_start()
         try:
-            registry = await _start_registry(active, given, loader, capture)
+            registry = await _start_registry(active, given, loader, names, capture)
         except BaseException:
             if capture is not None:
                 await asyncio.to_thread(capture.close, active.shutdown_timeout_s)
             raise
         state.registry = registry
         registry.watch(active.reload_poll_s)
+        await changes.started(registry, generation)
         if active.gc_freeze:
             heap.freeze()
         for model in registry.models.values():
@@ -162,9 +167,11 @@ async def _start_registry(
     settings: Settings,
     given: list[Classifier],
     loader: LoadFn | None,
+    names: Sequence[str] | None = None,
     capture: CaptureWriter | None = None,
 ) -> ModelRegistry:
-    """Load (or take) every configured model; raise, after logging why, when one fails."""
+    """Load (or take) every configured model (``names``, when given: what the group of
+    workers serves now); raise, after logging why, when one fails."""
     registry: ModelRegistry | None = None
     try:
         if given:
@@ -196,7 +203,7 @@ async def _start_registry(
             for model in given:
                 log.info("serving the given classifier %s v%d", model.name, model.version)
         else:
-            for name in _configured_models(settings):
+            for name in names if names is not None else _configured_models(settings):
                 await registry.load(name)
     except (ServiceError, ValidationError) as exc:
         log.error("start-up failed: %s", exc)
@@ -249,11 +256,13 @@ def _store_loader(settings: Settings, device: str) -> LoadFn:
 
 
 def request_reload(app: FastAPI) -> None:
-    """Re-read labels and check the store for newer model versions now (SIGHUP); nothing
-    before start-up or while draining."""
+    """Re-read labels, check the store for newer model versions and, in a group of
+    workers, follow what the group serves, now (SIGHUP); nothing before start-up or while
+    draining."""
     state = app_state(app)
     if state.registry is not None and not state.draining:
         state.registry.reload_soon()
+        state.changes.follow_soon(state.registry)
 
 
 def _env_flag(name: str) -> bool:

@@ -10,7 +10,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.preprocessing import GOLDEN_TOLERANCE, ImageFormat
@@ -126,6 +133,20 @@ class Settings(BaseSettings):
         description="A file of API keys (e.g. a container secret): one key per line, blank "
         "lines and lines starting with # ignored. Read at start-up; it must hold a key.",
     )
+    admin_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated admin keys. When any is configured (here or in "
+        "admin_api_keys_file), the routes that change what is served (load, unload, "
+        "labels, canary, promote, rollback, reload) require one, sent like an API key: an "
+        "ordinary API key gets 403 there. Admin keys are also valid wherever API keys are. "
+        "None: those routes need what every other route needs (an API key when any is "
+        "configured).",
+    )
+    admin_api_keys_file: Path | None = Field(
+        None,
+        description="A file of admin keys, in the format of api_keys_file. Read at start-up; "
+        "it must hold a key.",
+    )
     decode_threads: int = Field(
         default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
         ge=1,
@@ -150,6 +171,13 @@ class Settings(BaseSettings):
         "up. On 2 cores two workers did about 1.8x the throughput of one (BENCHMARKS.md). "
         "Each worker holds the model in memory: with a GPU, or a model large next to the "
         "host's memory, use 1.",
+    )
+    worker_sync_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="With several workers: how long a load, unload or label change through "
+        "the API waits for every other worker to apply it (each loads, warms up and checks "
+        "the model itself) before answering 504; the workers keep trying after it.",
     )
     max_in_flight: int = Field(
         64,
@@ -270,6 +298,7 @@ class Settings(BaseSettings):
     # Parsed once at start-up from api_keys and api_keys_file; never printed (a private
     # attribute stays out of repr, and api_keys itself is a SecretStr).
     _api_key_set: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    _admin_key_set: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @field_validator("allowed_image_formats", mode="before")
     @classmethod
@@ -283,14 +312,14 @@ class Settings(BaseSettings):
             return frozenset(_FORMAT_ALIASES.get(name, name) for name in names if name)
         return value
 
-    @field_validator("api_keys_file")
+    @field_validator("api_keys_file", "admin_api_keys_file")
     @classmethod
-    def _keys_file_holds_keys(cls, path: Path | None) -> Path | None:
+    def _keys_file_holds_keys(cls, path: Path | None, info: ValidationInfo) -> Path | None:
         """A keys file that is unreadable or holds no key fails start-up rather than
         silently leaving the service open. (Checked here, not in the model validator: a
         model-level error would print the raw input, api_keys included.)"""
-        if path is not None and not _read_keys_file(path):
-            raise ValueError(f"api_keys_file {path} holds no key")
+        if path is not None and not _read_keys_file(path, info.field_name or "keys file"):
+            raise ValueError(f"{info.field_name} {path} holds no key")
         return path
 
     @field_validator("version_policy")
@@ -319,18 +348,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _load_api_keys(self) -> Settings:
-        """Collect the keys from api_keys and api_keys_file."""
-        keys = {key.strip() for key in self.api_keys.get_secret_value().split(",")}
-        if self.api_keys_file is not None:
-            keys |= _read_keys_file(self.api_keys_file)
-        keys.discard("")
-        self._api_key_set = frozenset(keys)
+        """Collect the keys from api_keys and api_keys_file, and the admin keys."""
+        self._api_key_set = _collect_keys(self.api_keys, self.api_keys_file, "api_keys_file")
+        self._admin_key_set = _collect_keys(
+            self.admin_api_keys, self.admin_api_keys_file, "admin_api_keys_file"
+        )
         return self
 
     @property
     def api_key_set(self) -> frozenset[str]:
         """Every configured API key; empty when authentication is off."""
         return self._api_key_set
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        """Every configured admin key; empty when the changing routes need no more than an
+        API key."""
+        return self._admin_key_set
 
 
 def _policies(text: str) -> tuple[VersionPolicy, dict[str, VersionPolicy]]:
@@ -345,12 +379,21 @@ def _policies(text: str) -> tuple[VersionPolicy, dict[str, VersionPolicy]]:
     return VersionPolicy(), per_model
 
 
-def _read_keys_file(path: Path) -> set[str]:
+def _collect_keys(listed: SecretStr, file: Path | None, field: str) -> frozenset[str]:
+    """The comma-separated keys and those of the keys file."""
+    keys = {key.strip() for key in listed.get_secret_value().split(",")}
+    if file is not None:
+        keys |= _read_keys_file(file, field)
+    keys.discard("")
+    return frozenset(keys)
+
+
+def _read_keys_file(path: Path, field: str) -> set[str]:
     """The keys in ``path``: one per line, blank lines and ``#`` comments skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         # The reason only (no content): a decoding error would quote the file's bytes.
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValueError(f"cannot read api_keys_file {path}: {reason}") from None
+        raise ValueError(f"cannot read {field} {path}: {reason}") from None
     return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}

@@ -17,6 +17,9 @@ use up to N cores' worth of Python.
   are answered); the supervisor then exits 0.
 - SIGHUP to the supervisor, or a reload through the API in any worker, makes every worker
   check the store for a newer version at once.
+- A load, unload or label change through the API in any worker reaches every worker
+  (:mod:`service.serving.worker_sync`): the request is answered once all of them apply it,
+  and a replacement worker starts with what the group serves then.
 - A worker that dies after start-up is replaced; one that fails to start stops them all
   (the model failed its golden check, say), with the start-up failure status.
 - Metrics: the workers write their samples to ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
@@ -86,6 +89,9 @@ def run_workers(settings: Settings) -> int:
     os.environ[MULTIPROC_DIR_ENV] = metrics_dir  # inherited by the workers
     context = multiprocessing.get_context("spawn")
     states = context.RawArray("b", settings.workers)
+    applied = context.RawArray("q", settings.workers)
+    # What the group serves once it is changed through the API; this run's alone.
+    group_dir = Path(tempfile.mkdtemp(prefix="mmserve-group-"))
     worker_settings = _per_worker(settings)
     stop: list[int] = []
 
@@ -100,9 +106,10 @@ def run_workers(settings: Settings) -> int:
 
     def start(index: int) -> _Worker:
         states[index] = STARTING
+        applied[index] = 0
         process = context.Process(
             target=_worker_main,
-            args=(worker_settings, WorkerGroup(index, states)),
+            args=(worker_settings, WorkerGroup(index, states, applied, group_dir)),
             name=f"mmserve-worker-{index}",
         )
         process.start()
@@ -124,6 +131,7 @@ def run_workers(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(group_dir, ignore_errors=True)
         if not given_dir:
             os.environ.pop(MULTIPROC_DIR_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)

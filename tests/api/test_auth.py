@@ -136,7 +136,12 @@ def test_probes_and_api_docs_stay_open(keyed: TestClient) -> None:
     for path in OPEN:
         assert keyed.get(path).status_code == 200, path
     schema = keyed.get("/openapi.json").json()
-    assert set(schema["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
+    assert set(schema["components"]["securitySchemes"]) == {
+        "HTTPBearer",
+        "APIKeyHeader",
+        "AdminBearer",
+        "AdminAPIKey",
+    }
     assert "security" not in schema["paths"]["/health/ready"]["get"]
     assert "401" in schema["paths"]["/v1/predict"]["post"]["responses"]
 

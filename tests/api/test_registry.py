@@ -10,44 +10,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.model_store import ModelVersion
-from service.serving.app import create_app
-from service.serving.inference.classifier import Classifier
-from service.serving.settings import Settings
-from tests.support.fakes import GREEN, FakeClassifier, image_bytes
-
-
-class Named(FakeClassifier):
-    def __init__(self, name: str, version: int) -> None:
-        super().__init__()
-        self.name = name
-        self.version = version
-        self.metadata = self.metadata.model_copy(update={"name": name, "version": version})
-
-
-def fake_loader(version: ModelVersion) -> Classifier:
-    return Named(version.name, version.version)
+from tests.support.fakes import GREEN, fake_store, image_bytes, multi_model_app
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    for name, versions in {"fake": [1, 2], "other": [1], "spare": [4]}.items():
-        for v in versions:
-            (tmp_path / name / str(v)).mkdir(parents=True)
-    return tmp_path
+    return fake_store(tmp_path)
 
 
 @pytest.fixture
 def multi(store: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        model_store=store,
-        model_name="fake",
-        version_policy="fake=latest:2",
-        decode_threads=1,
-        reload_poll_s=0,
-    )
-    given = [Named("fake", 1), Named("fake", 2), Named("other", 1)]
-    with TestClient(create_app(settings, classifiers=given, loader=fake_loader)) as client:
+    with TestClient(multi_model_app(store)) as client:
         yield client
 
 

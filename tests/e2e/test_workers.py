@@ -13,8 +13,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_reload_shutdown import SlowUpload, in_flight, multipart, poll, probe
@@ -22,6 +20,7 @@ from tests.support.servers import (
     ROOT,
     cli_server_command,
     copy_store,
+    counts_by_pid,
     free_port,
     golden_with_image_and_text,
     server_env,
@@ -45,23 +44,9 @@ def _predict(url: str, image: Path, text: str) -> httpx.Response:
 
 def _predict_requests_by_pid(metrics_dir: Path) -> dict[int, float]:
     """Successful /v1/predict requests counted by each worker process."""
-    counts: dict[int, float] = {}
-    for file in metrics_dir.glob("counter_*.db"):
-        pid = int(file.stem.split("_")[1])
-        alone = metrics_dir / f"pid-{pid}"
-        alone.mkdir(exist_ok=True)
-        shutil.copy(file, alone / file.name)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        for family in registry.collect():
-            for sample in family.samples:
-                if (
-                    sample.name == "mmserve_http_requests_total"
-                    and sample.labels["route"] == "/v1/predict"
-                    and sample.labels["status"] == "200"
-                ):
-                    counts[pid] = counts.get(pid, 0) + sample.value
-    return counts
+    return counts_by_pid(
+        metrics_dir, "mmserve_http_requests_total", route="/v1/predict", status="200"
+    )
 
 
 def _scraped_predictions(url: str) -> float:

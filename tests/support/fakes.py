@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.applications import Starlette
 
-from service.model_store import ModelMetadata
+from service.model_store import ModelMetadata, ModelVersion
 from service.preprocessing import preprocess_image
 from service.serving.api.state import app_state
+from service.serving.app import create_app
+from service.serving.inference.classifier import Classifier
 from service.serving.inference.runtime import Runtime
+from service.serving.settings import Settings
 
 LABELS = ["red", "green", "blue"]
 SIZE = (8, 8)
@@ -89,3 +95,41 @@ def default_runtime(app: Starlette) -> Runtime:
     registry = app_state(app).registry
     assert registry is not None, "the app is not running"
     return registry.default().primary()
+
+
+class Named(FakeClassifier):
+    """The fake classifier as version ``version`` of model ``name``."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__()
+        self.name = name
+        self.version = version
+        self.metadata = self.metadata.model_copy(update={"name": name, "version": version})
+
+
+def fake_loader(version: ModelVersion) -> Classifier:
+    """A loader for the registry that "loads" a fake for any version of the store."""
+    return Named(version.name, version.version)
+
+
+def fake_store(root: Path) -> Path:
+    """Empty version folders: ``fake`` 1 and 2, ``other`` 1, ``spare`` 4 (for fake_loader)."""
+    for name, versions in {"fake": [1, 2], "other": [1], "spare": [4]}.items():
+        for v in versions:
+            (root / name / str(v)).mkdir(parents=True)
+    return root
+
+
+def multi_model_app(store: Path, **settings: Any) -> FastAPI:
+    """An app serving fakes of ``fake`` 1 and 2 (policy ``latest:2``) and ``other`` 1 from
+    :func:`fake_store`'s ``store``, loading more through :func:`fake_loader`."""
+    configured = Settings(
+        model_store=store,
+        model_name="fake",
+        version_policy="fake=latest:2",
+        decode_threads=1,
+        reload_poll_s=0,
+        **settings,
+    )
+    given = [Named("fake", 1), Named("fake", 2), Named("other", 1)]
+    return create_app(configured, classifiers=given, loader=fake_loader)

@@ -149,3 +149,26 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_file: Path)
             pass
         time.sleep(0.2)
     pytest.fail(f"server not ready within {START_TIMEOUT_S}s:\n{log_file.read_text()}")
+
+
+def counts_by_pid(metrics_dir: Path, sample: str, **labels: str) -> dict[int, float]:
+    """The counter ``sample`` (with ``labels``) as each worker process counted it, from the
+    workers' ``PROMETHEUS_MULTIPROC_DIR``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts: dict[int, float] = {}
+    for file in metrics_dir.glob("counter_*.db"):
+        pid = int(file.stem.split("_")[1])
+        alone = metrics_dir / f"pid-{pid}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(file, alone / file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+        for family in registry.collect():
+            for found in family.samples:
+                if found.name == sample and all(
+                    found.labels.get(k) == v for k, v in labels.items()
+                ):
+                    counts[pid] = counts.get(pid, 0) + found.value
+    return counts

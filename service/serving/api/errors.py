@@ -19,6 +19,7 @@ log = logging.getLogger("mmserve.api")
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -30,9 +31,12 @@ _DESCRIPTIONS = {
     400: "The image cannot be decoded, or the body is malformed.",
     401: "API keys are configured and the request carries none that matches "
     "(send `Authorization: Bearer <key>` or `X-API-Key: <key>`).",
+    403: "Admin keys are configured and the request's key is not one of them: this route "
+    "changes what the service serves.",
     404: "No such model, version or label served here.",
     409: "Newer model versions exist but none loads and verifies (the served one stays), "
-    "or a model to load fails to load or verify.",
+    "a model to load fails to load or verify, or another worker process could not apply "
+    "the change.",
     413: "The body is larger than max_request_bytes, an image declares too many pixels, "
     "or a batch holds too many items.",
     415: "The body has a content type this endpoint does not accept, or an image is in a "
@@ -40,7 +44,8 @@ _DESCRIPTIONS = {
     422: "A field is missing or invalid, or the text is too long.",
     503: "The model is not loaded yet, too many requests are in flight, the queue is full, "
     "or the service is shutting down (see Retry-After). Refused before the body is read.",
-    504: "The model did not answer within the request deadline.",
+    504: "The model did not answer within the request deadline, or (a change to what is "
+    "served) another worker process did not apply it within worker_sync_timeout_s.",
 }
 
 

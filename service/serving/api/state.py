@@ -2,18 +2,20 @@
 
 One object on ``app.state`` instead of loose attributes: the settings (known once the
 lifespan read them), the registry of served models (once start-up loaded them), the
-worker group this process belongs to, and the draining flag.
+worker group this process belongs to (and how changes reach it), and the draining
+flag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 
 from service.serving.inference.registry import ModelRegistry
 from service.serving.settings import Settings
 from service.serving.worker_state import WorkerGroup
+from service.serving.worker_sync import GroupChanges
 
 _KEY = "mmserve"
 
@@ -28,6 +30,8 @@ class AppState:
     """The served models; None until start-up has loaded them, and after shutdown."""
     workers: WorkerGroup | None = None
     """The group of worker processes this one belongs to, if any."""
+    changes: GroupChanges = field(default_factory=lambda: GroupChanges(None, 0.0))
+    """How a change to what is served reaches every worker (nothing to do for one)."""
     draining: bool = False
     """Set the moment the process is asked to stop: new model requests get 503."""
 

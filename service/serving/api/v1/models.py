@@ -1,9 +1,11 @@
 """The native model API: what is served and how to call it (``GET /v1/models[/{name}]``),
 hot reload, labels and canary traffic, and loading and unloading models.
 
-Everything here but the ``GET``s changes what the service serves: keep those routes from
-ordinary clients (API keys, or a proxy that only lets ``/v1/predict`` and
-``/v1/models/{name}/.../predict`` through).
+Everything here but the ``GET``s changes what the service serves: those routes need an
+admin key when admin keys are configured (:mod:`service.serving.api.auth`), or keep them
+from ordinary clients with a proxy that only lets ``/v1/predict`` and
+``/v1/models/{name}/.../predict`` through. With several worker processes each change is
+answered once every worker has applied it (:mod:`service.serving.worker_sync`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from service.errors import ModelLoadFailed, UnprocessableInput
+from service.errors import UnprocessableInput
 from service.preprocessing import BLANK_IMAGE
+from service.serving.api.auth import RequireAdminKey
 from service.serving.api.deps import RegistryDep, StateDep
 from service.serving.api.errors import error_responses
 from service.serving.api.state import AppState
@@ -154,7 +157,8 @@ def _tell_workers(state: AppState) -> None:
     "/{name}/reload",
     summary="Serve the newest version of a model now",
     response_model=ReloadResponse,
-    responses=error_responses(404, 409, 503),
+    responses=error_responses(403, 404, 409, 503),
+    dependencies=[RequireAdminKey],
 )
 async def reload_model(name: str, state: StateDep, registry: RegistryDep) -> ReloadResponse:
     """Load the newest version in the model store beside the served one, verify it against
@@ -180,7 +184,8 @@ async def reload_model(name: str, state: StateDep, registry: RegistryDep) -> Rel
 
 _CHANGE: dict[str, Any] = {
     "response_model": ModelDescription,
-    "responses": error_responses(400, 404, 422, 503),
+    "responses": error_responses(400, 403, 404, 409, 422, 503, 504),
+    "dependencies": [RequireAdminKey],
 }
 
 
@@ -191,13 +196,13 @@ async def set_label(
     """Point ``label`` at a served version (stored in the model store's labels file);
     ``{"version": null}`` removes the label."""
     try:
-        if body.version is None:
-            model = await registry.remove_label(name, label)
-        else:
-            model = await registry.set_label(name, label, body.version)
+        async with state.changes.change(registry):
+            if body.version is None:
+                model = await registry.remove_label(name, label)
+            else:
+                model = await registry.set_label(name, label, body.version)
     except ValueError as exc:
         raise _invalid(exc) from exc
-    _tell_workers(state)
     return describe_model(model)
 
 
@@ -207,8 +212,8 @@ async def set_canary(
 ) -> ModelDescription:
     """Point ``canary`` at a served version and send it ``percent`` of the unpinned
     requests; the rest go to ``stable`` (set to the version served now when unset)."""
-    model = await registry.set_canary(name, body.version, body.percent)
-    _tell_workers(state)
+    async with state.changes.change(registry):
+        model = await registry.set_canary(name, body.version, body.percent)
     return describe_model(model)
 
 
@@ -216,42 +221,34 @@ async def set_canary(
 async def promote(name: str, state: StateDep, registry: RegistryDep) -> ModelDescription:
     """``stable`` moves to the canary's version and the canary label goes: every unpinned
     request gets the new version. Requests in flight finish where they started."""
-    model = await registry.promote(name)
-    _tell_workers(state)
+    async with state.changes.change(registry):
+        model = await registry.promote(name)
     return describe_model(model)
 
 
 @router.post("/{name}/rollback", summary="Send no more traffic to the canary", **_CHANGE)
 async def rollback(name: str, state: StateDep, registry: RegistryDep) -> ModelDescription:
     """The canary label goes: every unpinned request gets ``stable`` again."""
-    model = await registry.rollback(name)
-    _tell_workers(state)
+    async with state.changes.change(registry):
+        model = await registry.rollback(name)
     return describe_model(model)
 
 
 _REPOSITORY: dict[str, Any] = {
     "response_model": RepositoryChange,
-    "responses": error_responses(400, 404, 409, 503),
+    "responses": error_responses(400, 403, 404, 409, 503, 504),
+    "dependencies": [RequireAdminKey],
 }
-
-
-def refuse_with_workers(state: AppState) -> None:
-    """Load and unload act on one process: refuse them in a group of workers, where the
-    others would not follow."""
-    if state.workers is not None and state.workers.size > 1:
-        raise ModelLoadFailed(
-            "loading and unloading through the API needs a single worker process "
-            "(MMSERVE_WORKERS=1); with several, change MMSERVE_MODELS and restart"
-        )
 
 
 @router.post("/{name}/load", summary="Load a model from the store", **_REPOSITORY)
 async def load_model(name: str, state: StateDep, registry: RegistryDep) -> RepositoryChange:
     """Load the model's versions (per the version policy) through the same load, warm-up
-    and golden check as start-up, and serve them. 409 when a version fails."""
-    refuse_with_workers(state)
+    and golden check as start-up, and serve them. 409 when a version fails. With several
+    worker processes, answered once every worker serves the model."""
     try:
-        model = await registry.load(name)
+        async with state.changes.change(registry, load=name):
+            model = await registry.load(name)
     except ValueError as exc:
         raise _invalid(exc) from exc
     return RepositoryChange(model=name, versions=model.versions, state="READY")
@@ -260,9 +257,10 @@ async def load_model(name: str, state: StateDep, registry: RegistryDep) -> Repos
 @router.post("/{name}/unload", summary="Stop serving a model", **_REPOSITORY)
 async def unload_model(name: str, state: StateDep, registry: RegistryDep) -> RepositoryChange:
     """New requests for the model get 404 at once; requests in flight finish (up to
-    ``shutdown_timeout_s``), then its versions are closed."""
-    refuse_with_workers(state)
-    versions = await registry.unload(name)
+    ``shutdown_timeout_s``), then its versions are closed. With several worker processes,
+    answered once every worker has done so."""
+    async with state.changes.change(registry, unload=name):
+        versions = await registry.unload(name)
     return RepositoryChange(model=name, versions=versions, state="UNAVAILABLE")
 
 

@@ -3,16 +3,18 @@ one, unload one (``/v2/repository/...``).
 
 A load runs the same load, warm-up and golden check as start-up; an unload lets the
 model's requests in flight finish before closing it. Like their native twins under
-``/v1/models``, these routes change what the service serves: keep them from ordinary
-clients.
+``/v1/models``, load and unload change what the service serves: they need an admin key
+when admin keys are configured. With several worker processes they are answered once
+every worker has applied them.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from service.serving.api.auth import RequireAdminKey
 from service.serving.api.deps import RegistryDep, StateDep
-from service.serving.api.v1.models import refuse_with_workers, repository
+from service.serving.api.v1.models import repository
 from service.serving.api.v2.routes import v2_responses
 from service.serving.api.v2.schemas import RepositoryIndexEntry, RepositoryIndexRequest
 
@@ -51,12 +53,14 @@ async def index(
     "/models/{name}/load",
     summary="Load a model (v2)",
     response_class=Response,
-    responses=v2_responses(400, 404, 409, 503),
+    responses=v2_responses(400, 403, 404, 409, 503, 504),
+    dependencies=[RequireAdminKey],
 )
 async def load(name: str, state: StateDep, registry: RegistryDep) -> Response:
-    """Load the model's versions per the version policy; 200 with no body once it serves."""
-    refuse_with_workers(state)
-    await registry.load(name)
+    """Load the model's versions per the version policy; 200 with no body once it serves
+    (in every worker process)."""
+    async with state.changes.change(registry, load=name):
+        await registry.load(name)
     return Response(status_code=200)
 
 
@@ -64,10 +68,12 @@ async def load(name: str, state: StateDep, registry: RegistryDep) -> Response:
     "/models/{name}/unload",
     summary="Unload a model (v2)",
     response_class=Response,
-    responses=v2_responses(400, 404, 409, 503),
+    responses=v2_responses(400, 403, 404, 409, 503, 504),
+    dependencies=[RequireAdminKey],
 )
 async def unload(name: str, state: StateDep, registry: RegistryDep) -> Response:
-    """Stop serving the model once its requests in flight are answered."""
-    refuse_with_workers(state)
-    await registry.unload(name)
+    """Stop serving the model once its requests in flight are answered (in every worker
+    process)."""
+    async with state.changes.change(registry, unload=name):
+        await registry.unload(name)
     return Response(status_code=200)
