@@ -183,10 +183,11 @@ class DriftMetrics:
 
     def observe(self, probabilities: np.ndarray, modalities: Iterable[str]) -> None:
         """Count one request's answers ``[N, C]`` and the modalities of its N pairs."""
+        # Plain Python on lists: for the usual one or few pairs, numpy's set routines cost
+        # more than the counting itself.
         for top in probabilities.max(axis=1).tolist():
             self._top.observe(top)
-        predicted, counts = np.unique(probabilities.argmax(axis=1), return_counts=True)
-        for index, count in zip(predicted.tolist(), counts.tolist(), strict=True):
+        for index, count in collections.Counter(probabilities.argmax(axis=1).tolist()).items():
             self._classes[index].inc(count)
         for name, count in collections.Counter(modalities).items():
             self._modalities[name].inc(count)

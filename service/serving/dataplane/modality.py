@@ -4,6 +4,7 @@ answer is worth (the test split's ablation accuracies)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,14 +54,35 @@ def modality_support(metadata: ModelMetadata) -> ModalitySupport:
     )
 
 
+@dataclass(frozen=True)
+class _Known:
+    support: ModalitySupport
+    blanks: Blanks
+
+
+# Read from a version's metadata once, not on every request (a version's metadata and
+# image size never change); forgotten with the classifier.
+_known: weakref.WeakKeyDictionary[Classifier, _Known] = weakref.WeakKeyDictionary()
+
+
+def _known_of(classifier: Classifier) -> _Known:
+    known = _known.get(classifier)
+    if known is None:
+        blanks = declared_blanks(classifier.metadata.preprocessing, classifier.image_size)
+        blanks.image.flags.writeable = False  # shared by every request of the version
+        known = _Known(modality_support(classifier.metadata), blanks)
+        _known[classifier] = known
+    return known
+
+
 def blanks_of(classifier: Classifier) -> Blanks:
     """The blanks the classifier's metadata declares, at its image size."""
-    return declared_blanks(classifier.metadata.preprocessing, classifier.image_size)
+    return _known_of(classifier).blanks
 
 
 def unsupported(classifier: Classifier, items: Sequence[Item]) -> int:
     """How many items miss a modality the classifier never learnt to do without."""
-    if modality_support(classifier.metadata).trained_with_dropout:
+    if _known_of(classifier).support.trained_with_dropout:
         return 0
     return sum(1 for item in items if modalities(item) != FULL)
 
@@ -79,7 +101,7 @@ def modality_warnings(classifier: Classifier, items: Sequence[Item]) -> list[str
     count = unsupported(classifier, items)
     if not count:
         return []
-    support = modality_support(classifier.metadata)
+    support = _known_of(classifier).support
     worth = ", ".join(
         f"{name} {value:.3f}"
         for name, value in (
