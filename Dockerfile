@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
-# mmserve: CPU image by default; `--build-arg VARIANT=gpu` installs tensorflow[and-cuda].
+# mmserve: CPU image by default; `--build-arg VARIANT=gpu` installs tensorflow[and-cuda];
+# `--build-arg TRAIN=1` adds the trainer's extra (mmserve-train; k8s/training runs it).
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS builder
 ARG VARIANT=cpu
+ARG TRAIN=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -11,7 +13,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 # The base install is the client only: the server needs the serve extra (gpu includes it).
-RUN if [ "$VARIANT" = "gpu" ]; then pip install ".[gpu]"; else pip install ".[serve]"; fi
+RUN extras=serve; \
+    if [ "$VARIANT" = "gpu" ]; then extras=gpu; fi; \
+    if [ "$TRAIN" = "1" ]; then extras="$extras,train"; fi; \
+    pip install ".[$extras]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 mmserve \

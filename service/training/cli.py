@@ -144,10 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--distribute",
-        choices=("none", "mirrored"),
+        choices=("none", "mirrored", "multiworker"),
         default="none",
-        help="mirrored: train on every GPU of this machine with MirroredStrategy "
-        "(--batch-size is the global batch, split between them)",
+        help="mirrored: train on every GPU of this machine with MirroredStrategy; "
+        "multiworker: train on the machines TF_CONFIG names with "
+        "MultiWorkerMirroredStrategy, only the chief publishing (--batch-size is the "
+        "global batch, split between all replicas)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="multiworker in a Kubernetes Indexed Job: build TF_CONFIG for this many "
+        "workers from JOB_COMPLETION_INDEX instead of reading it (needs --worker-address)",
+    )
+    p.add_argument(
+        "--worker-address",
+        default=None,
+        help="with --workers: host:port of worker {index}, e.g. "
+        "'mmserve-train-{index}.mmserve-train:2222' (the pods of an Indexed Job under a "
+        "headless Service)",
     )
     p.add_argument(
         "--data-mode",
@@ -173,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="where a streamed manifest is prepared, removed after training "
-        "(default MODEL_STORE/.shards)",
+        "(default MODEL_STORE/.shards; a non-chief worker's: the temporary folder)",
     )
     p.add_argument(
         "--deterministic",
@@ -288,6 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.modality_dropout < 0.5:
         print("error: --modality-dropout must be in [0, 0.5)", file=sys.stderr)
         return 2
+    if (args.workers is None) != (args.worker_address is None):
+        print("error: --workers and --worker-address go together", file=sys.stderr)
+        return 2
+    if args.workers is not None:
+        from service.training.cluster import JOB_INDEX_ENV, tf_config_from_index
+
+        if args.distribute != "multiworker":
+            print("error: --workers needs --distribute multiworker", file=sys.stderr)
+            return 2
+        try:
+            os.environ["TF_CONFIG"] = tf_config_from_index(args.workers, args.worker_address)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"TF_CONFIG from {JOB_INDEX_ENV}: {os.environ['TF_CONFIG']}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from service.training.dataset import ManifestError

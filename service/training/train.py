@@ -29,6 +29,7 @@ from service.preprocessing import (
     preprocess_image,
 )
 from service.training import baselines, distribute, evaluate, pipeline
+from service.training.cluster import Role
 from service.training.dataset import Dataset, Progress, load_dataset, read_manifest
 from service.training.modeling import ModelConfig, build_model, unfreeze_top
 from service.training.options import check_combination
@@ -62,7 +63,9 @@ class TrainConfig:
     stream_above_mb: int = 1024  # auto streams when the decoded pixels would exceed this
     shuffle_buffer: int = pipeline.DEFAULT_SHUFFLE_BUFFER  # streamed examples shuffled
     shards_dir: Path | None = None  # where a streamed manifest is prepared (then removed)
-    distribute: str = "none"  # none | mirrored (several devices of this machine)
+    # none | mirrored (several devices of this machine) | multiworker (several machines,
+    # from TF_CONFIG; only the chief publishes)
+    distribute: str = "none"
     devices: tuple[str, ...] | None = None  # mirrored: these devices (default: every GPU)
 
     def to_metadata(self) -> dict[str, Any]:
@@ -78,9 +81,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    version: model_store.ModelVersion
+    version: model_store.ModelVersion  # a non-chief worker's: the chief's number
     report: dict[str, Any]
     seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)  # per epoch, both phases
 
 
 def predict(model: keras.Model, images: np.ndarray, texts: np.ndarray, batch: int) -> np.ndarray:
@@ -268,7 +272,14 @@ def _text_preprocessing(model: ModelConfig) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
-    """Run the whole pipeline and publish a new version; nothing is published on failure."""
+    """Run the whole pipeline and publish a new version; nothing is published on failure.
+
+    Under ``--distribute multiworker`` every worker runs this same pipeline, since fitting,
+    evaluating and predicting the golden probabilities are collective operations that
+    every worker must take part in; only the chief publishes. The others build the same
+    artifact in a temporary folder, delete it, and return the version number the chief
+    published, under their own ``--model-store`` (the chief's when the store is shared).
+    """
     started = time.monotonic()
     model_store.validate_name(config.name)
     m = config.model
@@ -280,16 +291,26 @@ def train(config: TrainConfig, progress: Progress = print) -> TrainResult:
         fine_tune_layers=config.fine_tune_layers,
         text_encoder=m.text_encoder,
     )
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    strategy = distribute.strategy(
+        config.distribute, list(config.devices) if config.devices else None
+    )
     with (
-        _examples(config, progress) as ds,
-        distribute.keras_workarounds(config.distribute != "none"),
+        _examples(config, progress, chief=distribute.role(strategy).chief) as ds,
+        distribute.keras_workarounds(
+            strategy is not None, multi_worker=distribute.is_multi_worker(strategy)
+        ),
     ):
-        return _train(config, ds, progress, started)
+        return _train(config, ds, progress, started, strategy)
 
 
 @contextlib.contextmanager
-def _examples(config: TrainConfig, progress: Progress) -> Iterator[Dataset]:
-    """The dataset in memory, or streamed from shards (prepared here, or given prepared)."""
+def _examples(config: TrainConfig, progress: Progress, *, chief: bool) -> Iterator[Dataset]:
+    """The dataset in memory, or streamed from shards (prepared here, or given prepared).
+
+    A non-chief worker prepares its shards in the system's temporary folder unless
+    ``--shards-dir`` is given: it writes nothing into the model store.
+    """
     from service.training import shards
 
     size = config.model.image_size
@@ -315,8 +336,9 @@ def _examples(config: TrainConfig, progress: Progress) -> Iterator[Dataset]:
             config.data, size, config.seed, progress, config.val_fraction, config.test_fraction
         )
         return
-    parent = config.shards_dir or config.model_store / ".shards"
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = config.shards_dir or (config.model_store / ".shards" if chief else None)
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{config.name}-", dir=parent))
     try:
         shards.prepare(
@@ -333,7 +355,13 @@ def _examples(config: TrainConfig, progress: Progress) -> Iterator[Dataset]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    ds: Dataset,
+    progress: Progress,
+    started: float,
+    strategy: tf.distribute.Strategy | None,
+) -> TrainResult:
     m = config.model
     size = m.image_size
     progress(
@@ -347,12 +375,20 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
         tf.config.experimental.enable_op_determinism()
     tr, te = ds.indices("train"), ds.indices("test")
     n = len(ds.labels)
-    strategy = distribute.strategy(
-        config.distribute, list(config.devices) if config.devices else None
-    )
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    me = distribute.role(strategy)
     if strategy is not None:
         progress(f"training on {strategy.num_replicas_in_sync} replicas ({config.distribute})")
+    if distribute.is_multi_worker(strategy):
+        progress(
+            f"this process is {me.describe()}: "
+            + (
+                "the chief, which publishes the version"
+                if me.chief
+                else "not the chief, so it publishes nothing (it builds the same artifact "
+                "in a temporary folder, deleted afterwards)"
+            )
+        )
     model = build_model(m, n, ds.texts(tr), strategy.scope() if strategy else None)
 
     def batches(split: str, **kw: Any) -> tf.data.Dataset:
@@ -409,7 +445,7 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
         config.seed,
     )
 
-    with model_store.staging(config.model_store, config.name) as staged:
+    with _store_for(me, config) as store, model_store.staging(store, config.name) as staged:
         model.save(staged / model_store.MODEL_FILE)
         golden = _golden(model, ds, config, staged / model_store.GOLDEN_DIR)
         model_store.write_json(
@@ -455,6 +491,7 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
             },
             training={
                 **config.to_metadata(),
+                "workers": me.workers,
                 "epochs_run": epochs_run,
                 "best_epoch": fitted.best_epoch + 1,
                 "fine_tune": fitted.fine_tune,
@@ -481,12 +518,70 @@ def _train(config: TrainConfig, ds: Dataset, progress: Progress, started: float)
             },
         )
         model_store.write_json(staged / model_store.METADATA_FILE, metadata.model_dump(mode="json"))
-        version = model_store.publish(config.model_store, config.name, staged)
+        version = model_store.publish(store, config.name, staged) if me.chief else None
+    if distribute.is_multi_worker(strategy):
+        assert strategy is not None
+        version = _agree_on_version(strategy, me, version, config, progress)
+    assert version is not None
     elapsed = time.monotonic() - started
     progress(f"\n{evaluate.summary_table(report, base_metrics)}\n")
-    progress(f"training curves: {version.path / model_store.CURVES_PLOT}")
-    progress(
-        f"published {config.name} version {version.version} at {version.path} "
-        f"({epochs_run} epochs, best {fitted.best_epoch + 1}, {elapsed:.0f}s)"
+    if me.chief:
+        progress(f"training curves: {version.path / model_store.CURVES_PLOT}")
+        progress(
+            f"published {config.name} version {version.version} at {version.path} "
+            f"({epochs_run} epochs, best {fitted.best_epoch + 1}, {elapsed:.0f}s)"
+        )
+    else:
+        progress(
+            f"{me.describe()} published nothing: the chief published {config.name} version "
+            f"{version.version} in its model store ({epochs_run} epochs, "
+            f"best {fitted.best_epoch + 1}, {elapsed:.0f}s)"
+        )
+    return TrainResult(version, report, elapsed, fitted.history)
+
+
+@contextlib.contextmanager
+def _store_for(me: Role, config: TrainConfig) -> Iterator[Path]:
+    """The chief's model store, or a temporary one that a non-chief worker deletes."""
+    if me.chief:
+        yield config.model_store
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"mmserve-{me.task_type}-{me.task_id}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _agree_on_version(
+    strategy: tf.distribute.Strategy,
+    me: Role,
+    published: model_store.ModelVersion | None,
+    config: TrainConfig,
+    progress: Progress,
+) -> model_store.ModelVersion:
+    """Every worker waits here for the chief's version number (a collective operation).
+
+    So no worker leaves while the chief still publishes, and a non-chief worker fails when
+    the chief failed before publishing. A published version stays published: the chief
+    only warns when a worker is gone by then.
+    """
+    mine = published.version if published is not None else 0
+    try:
+        number = distribute.agree(strategy, mine)
+    except tf.errors.OpError as exc:
+        if published is None:
+            raise RuntimeError(
+                f"{me.describe()}: the chief did not confirm a published version: {exc}"
+            ) from exc
+        progress(f"warning: a worker did not confirm the end of training: {exc}")
+        return published
+    if published is not None:
+        return published
+    if number < 1:
+        raise RuntimeError(f"{me.describe()}: the chief published no version")
+    return model_store.ModelVersion(
+        name=config.name,
+        version=number,
+        path=config.model_store / config.name / str(number),
     )
-    return TrainResult(version, report, elapsed)

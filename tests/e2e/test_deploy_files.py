@@ -63,6 +63,8 @@ def test_compose_matches_the_image_and_the_trainer() -> None:
     assert api["restart"] == "unless-stopped"
     assert api["deploy"]["resources"]["limits"]["memory"]
     assert train["profiles"] == ["train"]
+    assert train["build"]["args"]["TRAIN"] == "1"  # the image with the train extra
+    assert 'if [ "$TRAIN" = "1" ]; then extras="$extras,train"' in dockerfile()
     command = train["command"]
     assert command[0] == "mmserve-train"
     from service.training.cli import build_parser

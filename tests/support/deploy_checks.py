@@ -36,6 +36,11 @@ KUSTOMIZATIONS = ("base", "overlays/hpa", "overlays/keda", "kserve")
 """Every kustomization a user applies on its own (relative to k8s/)."""
 AUTOSCALING_OVERLAYS = ("overlays/hpa", "overlays/keda")
 
+TRAINING = "training"
+"""The multi-worker training Job (relative to k8s/), applied on its own beside a serving
+overlay with the pvc-model-store component; not one of KUSTOMIZATIONS (no server in it)."""
+MODEL_STORE_COMPONENT = "components/pvc-model-store"
+
 MIN_KUBERNETES = "1.27"
 """PodDisruptionBudget.unhealthyPodEvictionPolicy is beta and on by default from 1.27."""
 
@@ -591,6 +596,150 @@ def manifest_problems(rendered: dict[str, list[Doc]]) -> list[str]:
     return problems + exclusivity_problems(rendered)
 
 
+# -------------------------------------------------------------- the training Job
+
+
+def trainer_container(pod: Doc) -> Doc | None:
+    """The container running the mmserve-train image."""
+    for container in pod.get("containers", []):
+        if str(container.get("image", "")).split(":")[0].rsplit("/", 1)[-1] == "mmserve-train":
+            found: Doc = container
+            return found
+    return None
+
+
+def serving_claim(k8s: Path = K8S) -> Doc:
+    """The PersistentVolumeClaim the hot-reload servers mount (the model store)."""
+    docs = [d for d in yaml.safe_load_all((k8s / MODEL_STORE_COMPONENT / "pvc.yaml").read_text())]
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    return claim
+
+
+def served_model_name(k8s: Path = K8S) -> str:
+    """MMSERVE_MODEL_NAME in base/model.env: the model the servers serve."""
+    for line in (k8s / "base" / "model.env").read_text().splitlines():
+        if line.startswith("MMSERVE_MODEL_NAME="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("base/model.env names no MMSERVE_MODEL_NAME")
+
+
+def trainer_args(container: Doc) -> Any:
+    """The container's command line parsed by the trainer's own parser (None: refused)."""
+    import contextlib
+    import io
+
+    from service.training.cli import build_parser
+
+    command = [*container.get("command", []), *container.get("args", [])]
+    if command[:1] != ["mmserve-train"]:
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return build_parser().parse_args([str(a) for a in command[1:]])
+    except SystemExit:
+        return None
+
+
+def training_problems(docs: list[Doc], claim: Doc, model_name: str) -> list[str]:
+    """The Indexed Job, its headless Service and the trainer's command line agree: N pods
+    at once, each finding the others by name, one model store shared with the servers."""
+    jobs = of_kind(docs, "Job")
+    if len(jobs) != 1:
+        return [f"{len(jobs)} Jobs, expected one"]
+    (job,) = jobs
+    owner, spec = where(job), job["spec"]
+    pod = spec["template"]["spec"]
+    problems = []
+    if spec.get("completionMode") != "Indexed":
+        problems.append(f"{owner}: completionMode is not Indexed (no JOB_COMPLETION_INDEX)")
+    workers = spec.get("completions")
+    if spec.get("parallelism") != workers:
+        problems.append(
+            f"{owner}: parallelism {spec.get('parallelism')} is not completions {workers}: "
+            "every worker must run at once"
+        )
+    if pod.get("restartPolicy") != "Never" or spec.get("backoffLimit") != 0:
+        problems.append(f"{owner}: a failed worker is retried, but cannot rejoin the run")
+    if not spec.get("activeDeadlineSeconds"):
+        problems.append(f"{owner}: no activeDeadlineSeconds (a worker waits for the others)")
+    container = trainer_container(pod)
+    if container is None:
+        return [*problems, f"{owner}: no container runs the mmserve-train image"]
+    args = trainer_args(container)
+    if args is None:
+        return [*problems, f"{owner}: the command is not a valid mmserve-train command line"]
+    if args.distribute != "multiworker":
+        problems.append(f"{owner}: --distribute is {args.distribute}, not multiworker")
+    if args.workers != workers:
+        problems.append(f"{owner}: --workers {args.workers} is not completions {workers}")
+    ports = {int(p["containerPort"]) for p in container.get("ports", [])}
+    subdomain = pod.get("subdomain")
+    services = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == subdomain]
+    if not services:
+        problems.append(f"{owner}: subdomain {subdomain!r} is no Service: no worker DNS names")
+    else:
+        (service,) = services
+        svc = service["spec"]
+        if svc.get("clusterIP") != "None":
+            problems.append(f"{where(service)}: not headless (clusterIP: None)")
+        labels = spec["template"]["metadata"].get("labels", {})
+        if not svc.get("selector") or any(
+            labels.get(k) != v for k, v in svc.get("selector", {}).items()
+        ):
+            problems.append(f"{where(service)}: its selector does not select the workers")
+        for port in svc.get("ports", []):
+            if named_port(container, port.get("targetPort", port["port"])) not in ports:
+                problems.append(f"{where(service)}: port {port['port']} is no worker port")
+        address = str(args.worker_address)
+        host, _, port = address.rpartition(":")
+        if host != f"{job['metadata']['name']}-{{index}}.{subdomain}":
+            problems.append(
+                f"{owner}: --worker-address {address!r} is not "
+                f"{job['metadata']['name']}-{{index}}.{subdomain}:PORT (the pods' DNS names)"
+            )
+        if not port.isdigit() or int(port) not in ports:
+            problems.append(f"{owner}: --worker-address port {port} is not a container port")
+    problems += model_store_problems(owner, pod, container, args, claim)
+    name = args.name or ("demo" if args.demo else None)
+    if name != model_name:
+        problems.append(f"{owner}: publishes {name!r}; the servers serve {model_name!r}")
+    problems += security_problems(owner, pod, container)
+    resources_ = container.get("resources", {})
+    if "cpu" not in resources_.get("requests", {}) or "cpu" in resources_.get("limits", {}):
+        problems.append(f"{owner}: no CPU request, or a CPU limit (every step waits for all)")
+    return problems
+
+
+def model_store_problems(owner: str, pod: Doc, container: Doc, args: Any, claim: Doc) -> list[str]:
+    """--model-store is a writable mount of the claim the servers read."""
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    mount = mounts.get(str(args.model_store))
+    if mount is None:
+        return [f"{owner}: --model-store {args.model_store} is not a mounted volume"]
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+    pvc = volume.get("persistentVolumeClaim", {})
+    problems = []
+    if pvc.get("claimName") != claim["metadata"]["name"]:
+        problems.append(
+            f"{owner}: --model-store is not the servers' claim {claim['metadata']['name']}"
+        )
+    if mount.get("readOnly") or pvc.get("readOnly"):
+        problems.append(f"{owner}: the model store is mounted read-only")
+    if "ReadWriteMany" not in claim["spec"].get("accessModes", []):
+        problems.append(f"{where(claim)}: not ReadWriteMany: the trainer cannot write it")
+    return problems
+
+
+def training_manifest_problems(k8s: Path = K8S) -> list[str]:
+    """k8s/training rendered, against the schemas of both versions, and cross-checked."""
+    docs = render(k8s / TRAINING)
+    problems = []
+    for version in kubernetes_versions():
+        problems += kubernetes_schema_problems(docs, version)
+    problems += training_problems(docs, serving_claim(k8s), served_model_name(k8s))
+    return [f"{TRAINING}: {p}" for p in problems]
+
+
 # ------------------------------------------------------------------- compose and haproxy
 
 
@@ -763,6 +912,7 @@ def all_static_problems() -> list[str]:
     compose = load_compose()
     return [
         *k8s_problems(),
+        *training_manifest_problems(),
         *compose_problems(compose),
         *haproxy_check(HAPROXY_CONFIG),
         *haproxy_problems(HAPROXY_CONFIG.read_text(), compose),

@@ -1,5 +1,6 @@
 """Several devices: mirrored training over two logical CPUs equals one device, and the
-Keras work-around it needs is checked against the Keras it was written for."""
+Keras work-arounds distributed training needs are checked against the Keras they were
+written for (tests/training/test_multiworker.py trains on two workers)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,37 @@ def test_the_keras_workaround_still_targets_the_bug() -> None:
     assert keras.__version__.startswith(PATCHED_KERAS), keras.__version__
     source = inspect.getsource(target()._maybe_symbolic_build)
     assert 'reduce(\n                        "MEAN"' in source or '"MEAN"' in source
+
+
+def test_the_multi_worker_workaround_still_targets_the_bug() -> None:
+    """Fails when Keras changes: then check tensorflow/tensorflow#72388 and the work-around
+    (a multi-worker mean over axis 0, which a scalar metric does not have)."""
+    import keras
+
+    from service.training.distribute import PATCHED_KERAS, trainer_module
+
+    assert keras.__version__.startswith(PATCHED_KERAS), keras.__version__
+    module = trainer_module()
+    source = inspect.getsource(module.reduce_per_replica)
+    assert 'strategy.reduce("MEAN", v, axis=0)' in source
+    assert "_collective_all_reduce_multi_worker(strategy)" in source
+    assert callable(module._collective_all_reduce_multi_worker)
+
+
+def test_the_workarounds_apply_only_while_a_strategy_trains() -> None:
+    from service.training.distribute import keras_workarounds, target, trainer_module
+
+    cls, module = target(), trainer_module()
+    build, reduce = cls._maybe_symbolic_build, module.reduce_per_replica
+    with keras_workarounds(False):
+        assert (cls._maybe_symbolic_build, module.reduce_per_replica) == (build, reduce)
+    with keras_workarounds(True):
+        assert cls._maybe_symbolic_build is not build
+        assert module.reduce_per_replica is reduce  # one machine: no multi-worker patch
+    with keras_workarounds(True, multi_worker=True):
+        assert cls._maybe_symbolic_build is not build
+        assert module.reduce_per_replica is not reduce
+    assert (cls._maybe_symbolic_build, module.reduce_per_replica) == (build, reduce)
 
 
 @pytest.mark.slow
