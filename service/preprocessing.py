@@ -42,9 +42,29 @@ FILE_EXTENSIONS: dict[str, str] = {
 """The usual file extension of each supported format (for image files the service writes)."""
 
 
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
 def image_format(data: bytes) -> str | None:
     """The format of encoded image bytes, read from the header alone (Pillow's name, e.g.
-    ``"PNG"``); None when Pillow does not recognise the bytes."""
+    ``"PNG"``); None when Pillow does not recognise the bytes.
+
+    The usual formats are told by their signature (Pillow's open also parses a JPEG's
+    tables, which costs more than writing the file); anything else goes to Pillow. Bytes
+    that start like an image but are not one may still get a name: meant for bytes the
+    service has already decoded."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

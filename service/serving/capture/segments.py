@@ -11,9 +11,10 @@ so that names sort by the time a segment was opened and no two processes share o
 A segment closes when it holds a quarter of the worker's share of the budget, when it has
 been open ``segment_s`` seconds, and at shutdown; a reader never sees a half-written row,
 and a crash loses at most the open segment (the next start of that worker deletes it).
-Image files are written to a temporary name and renamed too. Before a write would take the
-worker's files past its share (``max_bytes / workers``, every file counted in whole 4 KiB
-blocks), its oldest closed segments are deleted, rows first, then images.
+Image files are written in place: until its segment is renamed, no row names them. Before
+a write would take the worker's files past its share (``max_bytes / workers``, every file
+counted in whole 4 KiB blocks), its oldest closed segments are deleted, rows first, then
+images.
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ class SegmentStore:
         segment = self._open or self._start()
         segment.rows += 1
         name = f"{segment.rows:06d}.{extension}"
-        folder = self.folder / IMAGES / segment.stem
-        temporary = folder / f".{name}.tmp"
-        temporary.write_bytes(image)
-        os.replace(temporary, folder / name)
+        # Written in place: no row names the file until its segment is renamed into place,
+        # and a crash's half-written images go with their unfinished segment (adopt).
+        with open(os.path.join(self.folder, IMAGES, segment.stem, name), "xb") as file:
+            file.write(image)
         segment.cost += blocks(len(image))
         path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
         data = f'{body}, "image": {path}}}\n'.encode()
