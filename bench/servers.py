@@ -154,9 +154,12 @@ def running(
 ) -> Iterator[ServerProcess]:
     """Start ``command``, wait until ``ready_path`` answers 200, and stop it on exit."""
     with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT
-        )
+        try:
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            )
+        except OSError as exc:  # a missing program, or a script whose interpreter moved
+            raise ServerFailed(f"{name} cannot start {command[0]}: {exc}") from exc
         server = ServerProcess(name, process, f"http://127.0.0.1:{port}", log_file)
         try:
             wait_ready(server, ready_path, timeout_s)
