@@ -16,7 +16,6 @@ address. ``label`` is left empty for a person to fill in; the trainer reads ``im
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import random
@@ -55,9 +54,6 @@ class Capture:
 
 
 _STOP = object()
-
-_GATHER_S = 0.05
-"""How long the writer, once woken, lets captures gather before it writes them all."""
 
 
 class CaptureWriter:
@@ -140,25 +136,17 @@ class CaptureWriter:
         while True:
             try:
                 left = store.seconds_left()
-                first = self._queue.get(timeout=None if left is None else max(0.0, left))
+                job = self._queue.get(timeout=None if left is None else max(0.0, left))
             except queue.Empty:
                 self._guarded(store.close_if_old)
                 continue
-            # Then let work gather: a thread woken for every request would take the GIL
-            # from the event loop hundreds of times a second; this one wakes a few times.
-            time.sleep(_GATHER_S)
-            jobs = [first]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    jobs.append(self._queue.get_nowait())
-            for job in jobs:
-                if job is _STOP:
-                    self._guarded(store.close_open)
-                    return
-                assert isinstance(job, Capture)
-                self._write(job)
-                with self._lock:
-                    self._pending -= job.size
+            if job is _STOP:
+                self._guarded(store.close_open)
+                return
+            assert isinstance(job, Capture)
+            self._write(job)
+            with self._lock:
+                self._pending -= job.size
             self._guarded(store.close_if_old)
 
     def _write(self, capture: Capture) -> None:
