@@ -1,4 +1,5 @@
-"""Overload and slow-client scenarios against a running service (``make stress``).
+"""Overload and slow-client scenarios against a running service
+(``python -m bench.stress overload|many|trickle --port PORT --pid PID``).
 
 Three scenarios, each bounded in time, loopback only:
 
