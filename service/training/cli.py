@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         BACKBONES,
         DEFAULT_TEXT_ENCODER,
         FUSIONS,
+        NGRAM_WEIGHTINGS,
         PRESETS,
         TEXT_ENCODERS,
     )
@@ -112,8 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TEXT_ENCODERS,
         default=None,
         help=f"default {DEFAULT_TEXT_ENCODER}: ngrams "
-        "(TF-IDF bags of character 2..4 and word 1..2 n-grams, then a dense layer), or an "
+        "(bags of character 2..4 and word 1..2 n-grams, then a dense layer), or an "
         "embedding with lstm, bilstm or gru",
+    )
+    p.add_argument(
+        "--ngram-weighting",
+        choices=NGRAM_WEIGHTINGS,
+        default="count",
+        help="how the ngrams encoder weighs its n-grams (default count; tf_idf gives rare "
+        "n-grams of a small training set large weights that the model overfits first)",
     )
     p.add_argument(
         "--vocab-size",
@@ -338,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         name=name,
         model_store=args.model_store,
         model=ModelConfig(
-            **options, vocab_size=args.vocab_size, sequence_length=args.sequence_length
+            **options,
+            vocab_size=args.vocab_size,
+            sequence_length=args.sequence_length,
+            ngram_weighting=args.ngram_weighting,
         ),
         epochs=args.epochs,
         batch_size=args.batch_size,

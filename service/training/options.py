@@ -13,7 +13,7 @@ PRETRAINABLE_BACKBONES: tuple[str, ...] = BACKBONES[1:]
 TEXT_ENCODERS: tuple[str, ...] = ("ngrams", "lstm", "bilstm", "gru")
 SEQUENCE_ENCODERS: tuple[str, ...] = ("lstm", "bilstm", "gru")
 FUSIONS: tuple[str, ...] = ("concat", "multiply", "bilinear")
-NGRAM_WEIGHTINGS: tuple[str, ...] = ("tf_idf", "count")
+NGRAM_WEIGHTINGS: tuple[str, ...] = ("count", "tf_idf")
 # Chosen by measurement (README, "Choosing the text encoder"): n-gram bags are as good
 # as the LSTM or better on the demo set and on real short texts, and faster.
 DEFAULT_TEXT_ENCODER = "ngrams"
