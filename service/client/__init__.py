@@ -189,14 +189,7 @@ class Client(_Base):
         attempt = 0
         while True:
             try:
-                response = self._http.request(
-                    request.method,
-                    request.path,
-                    files=request.files,
-                    data=request.data,
-                    json=request.json,
-                    params=request.params,
-                )
+                response = self._http.request(request.method, request.path, **request.httpx_args())
             except httpx.TransportError as error:
                 delay = policy.after_error(attempt, error)
             else:
@@ -312,12 +305,7 @@ class AsyncClient(_Base):
         while True:
             try:
                 response = await self._http.request(
-                    request.method,
-                    request.path,
-                    files=request.files,
-                    data=request.data,
-                    json=request.json,
-                    params=request.params,
+                    request.method, request.path, **request.httpx_args()
                 )
             except httpx.TransportError as error:
                 delay = policy.after_error(attempt, error)

@@ -63,6 +63,10 @@ class Request:
     json: dict[str, Any] | None = None
     params: dict[str, str] | None = None
 
+    def httpx_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``httpx.Client.request`` / ``AsyncClient.request``."""
+        return {"files": self.files, "data": self.data, "json": self.json, "params": self.params}
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
