@@ -4,146 +4,40 @@ endpoint on a really trained model."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import signal
-import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from service import model_store
 from service.serving.app import create_app
 from service.serving.settings import Settings
+from tests.support.probes import WAIT_S, SlowUpload, in_flight, multipart, poll, probe
 from tests.support.servers import (
-    ROOT,
     cli_server_command,
     copy_store,
-    free_port,
     golden_with_image_and_text,
-    server_env,
-    wait_until_ready,
+    running_server,
 )
 
 pytestmark = pytest.mark.slow
 
 IN_FLIGHT = 16
-WAIT_S = 90
-"""Bound of every polling loop: generous, since 2 shared cores also run TensorFlow."""
-
-
-@contextmanager
-def mmserve(
-    store: Path, tmp_path: Path, **env: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`mmserve serve` (the container's command) with extra MMSERVE_* variables; ready on
-    entry, and always stopped on exit."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_file = tmp_path / "server.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            cli_server_command(port),
-            cwd=ROOT,
-            env={**server_env(store), **env},
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            wait_until_ready(url, process, log_file)
-            yield url, process
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
-
-
-def poll(condition: Callable[[], bool], what: str, log_file: Path | None = None) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            server_log = log_file.read_text() if log_file else ""
-            pytest.fail(f"not within {WAIT_S}s: {what}\n{server_log}")
-        time.sleep(0.05)
-
-
-def multipart(image: bytes, text: str) -> tuple[str, bytes]:
-    boundary = "mmserve-test-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="g.png"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    body += image
-    body += (
-        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n'
-        f"{text}\r\n--{boundary}--\r\n"
-    ).encode()
-    return f"multipart/form-data; boundary={boundary}", body
-
-
-def in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "mmserve_requests_in_flight":
-            return float(family.samples[0].value)
-    raise AssertionError("no mmserve_requests_in_flight metric")
-
-
-@dataclass
-class SlowUpload:
-    """A prediction whose body arrives in two parts: the server holds the request (its
-    headers are in, the body is not) until the test lets the second part go."""
-
-    port: int
-    content_type: str
-    body: bytes
-    release: threading.Event
-    status: int | None = None
-    answer: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_S)
-        try:
-            conn.putrequest("POST", "/v1/predict")
-            conn.putheader("Content-Type", self.content_type)
-            conn.putheader("Content-Length", str(len(self.body)))
-            conn.endheaders()
-            conn.send(self.body[:-64])
-            assert self.release.wait(WAIT_S)
-            conn.send(self.body[-64:])
-            response = conn.getresponse()
-            self.status = response.status
-            self.answer = json.loads(response.read())
-        except (OSError, http.client.HTTPException) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            conn.close()
-
-
-def probe(url: str, method: str, path: str, **kwargs: Any) -> int | None:
-    """The status of one request on a new connection; None when the connection is refused."""
-    try:
-        return httpx.request(method, f"{url}{path}", timeout=10, **kwargs).status_code
-    except httpx.TransportError:
-        return None
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0(trained_store: Path, tmp_path: Path) -> None:
     file, text = golden_with_image_and_text(trained_store)
     content_type, body = multipart(file.read_bytes(), text)
     release = threading.Event()
-    with mmserve(trained_store, tmp_path, MMSERVE_RELOAD_POLL_S="0") as (url, process):
+    with running_server(
+        trained_store, tmp_path, cli_server_command, {"MMSERVE_RELOAD_POLL_S": "0"}
+    ) as (url, process):
         port = int(url.rsplit(":", 1)[1])
         uploads = [SlowUpload(port, content_type, body, release) for _ in range(IN_FLIGHT)]
         threads = [threading.Thread(target=u.run) for u in uploads]
@@ -220,7 +114,10 @@ def test_hot_reload_under_load_swaps_good_versions_and_rejects_corrupt_ones(
     file, text = golden_with_image_and_text(store)
     log_file = tmp_path / "server.log"
     stop = threading.Event()
-    with mmserve(store, tmp_path, MMSERVE_RELOAD_POLL_S="0.5") as (url, process):
+    with running_server(store, tmp_path, cli_server_command, {"MMSERVE_RELOAD_POLL_S": "0.5"}) as (
+        url,
+        process,
+    ):
         streams = [Stream(url, {"image": (file.name, file.read_bytes())}, text, stop)]
         streams.append(Stream(url, streams[0].files, text, stop))
         threads = [threading.Thread(target=s.run) for s in streams]
