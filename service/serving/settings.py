@@ -175,9 +175,9 @@ class Settings(BaseSettings):
     worker_sync_timeout_s: float = Field(
         120.0,
         gt=0,
-        description="With several workers: how long a load, unload or label change through "
-        "the API waits for every other worker to apply it (each loads, warms up and checks "
-        "the model itself) before answering 504; the workers keep trying after it.",
+        description="With several workers: how long a load, unload, label change or reload "
+        "through the API waits for every other worker to apply it (each loads, warms up and "
+        "checks the model itself) before answering 504; the workers keep trying after it.",
     )
     max_in_flight: int = Field(
         64,

@@ -1,14 +1,15 @@
 """Changes to what is served, made through the API in one worker, applied by every worker.
 
-Each worker of ``mmserve serve --workers N`` holds its own models. A load, an unload or a
-label change arrives at one of them; that worker makes the change itself first (so a
-model that fails to load is refused before anything else moves), records it in the
+Each worker of ``mmserve serve --workers N`` holds its own models. A load, an unload, a
+label change or a reload arrives at one of them; that worker makes the change itself first
+(so a model that fails to load is refused before anything else moves), records it in the
 group's ``served.json`` (:mod:`service.serving.worker_state`), and signals every worker
 through the supervisor (the SIGHUP fan-out of a reload). Each worker then re-reads the
-labels, loads or unloads models until it serves what ``served.json`` says, and records the
-change's generation in its slot of a shared array. The request is answered once every
-ready worker has applied the change, as Triton answers a repository load once the model
-serves: a client that gets 200 for a load finds the model on every connection after it.
+labels, loads or unloads models until it serves what ``served.json`` says, serves the
+newest loadable version of each in the store, and records the change's generation in its
+slot of a shared array. The request is answered once every ready worker has applied the
+change, as Triton answers a repository load once the model serves: a client that gets 200
+for a load (or a reload) finds the model (or the version) on every connection after it.
 
     worker k (API request)                supervisor             every worker
       change locally, record served.json
@@ -107,8 +108,9 @@ class GroupChanges:
             await self._follow(registry)
 
     async def _follow(self, registry: ModelRegistry) -> None:
-        """Load and unload until this worker serves what the group should, then record the
-        change's generation (negative when a model failed to load)."""
+        """Load and unload until this worker serves what the group should, serve the newest
+        versions in the store, then record the change's generation (negative when a model
+        failed to load)."""
         assert self.group is not None
         served = await asyncio.to_thread(self.group.served)
         if served.models is None or served.generation <= self.group.applied_by(self.group.index):
@@ -124,6 +126,9 @@ class GroupChanges:
         for name in sorted(serving - wanted):
             with contextlib.suppress(NotFound):  # unloaded meanwhile
                 await registry.unload(name)
+        # A reload through the API is a change too: each worker serves the store's newest
+        # loadable versions before it counts as having applied it.
+        await registry.check_store()
         self.group.mark_applied(served.generation, ok)
 
     async def _wait(self, generation: int) -> None:

@@ -303,6 +303,14 @@ class ModelRegistry:
             if model.reloader is not None:
                 model.reloader.reload_soon()
 
+    async def check_store(self) -> None:
+        """As :meth:`reload_soon`, waiting until every model has served its newest loadable
+        version (another worker reloaded); failures are logged, never raised."""
+        for model in list(self._models.values()):
+            self._refresh_routing(model)
+            if model.reloader is not None:
+                await model.reloader.reload_logged()
+
     # -- labels and canary ---------------------------------------------------------------
 
     async def set_label(self, name: str, label: str, version: int) -> ServedModel:

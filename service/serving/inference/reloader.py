@@ -112,11 +112,12 @@ class ModelReloader:
     def reload_soon(self) -> None:
         """Start :meth:`reload` in the background; from the event loop's thread, a signal
         handler included. The outcome is logged."""
-        task = asyncio.get_running_loop().create_task(self._reload_logged(), name="mmserve-reload")
+        task = asyncio.get_running_loop().create_task(self.reload_logged(), name="mmserve-reload")
         self._retiring.add(task)  # kept alive, and awaited by close()
         task.add_done_callback(self._retiring.discard)
 
-    async def _reload_logged(self) -> None:
+    async def reload_logged(self) -> None:
+        """:meth:`reload`, its outcome logged and any failure logged, never raised."""
         try:
             outcome = await self.reload()
         except ReloadRejected:

@@ -157,7 +157,7 @@ def _tell_workers(state: AppState) -> None:
     "/{name}/reload",
     summary="Serve the newest version of a model now",
     response_model=ReloadResponse,
-    responses=error_responses(403, 404, 409, 503),
+    responses=error_responses(403, 404, 409, 503, 504),
     dependencies=[RequireAdminKey],
 )
 async def reload_model(name: str, state: StateDep, registry: RegistryDep) -> ReloadResponse:
@@ -167,12 +167,16 @@ async def reload_model(name: str, state: StateDep, registry: RegistryDep) -> Rel
     ``reloaded`` is false when the served version is already the newest (or is pinned).
     409 when newer versions exist but none loads and verifies: the served one stays, and a
     rejected version is not tried again. The watcher (``reload_poll_s``) does the same on
-    its own. With several worker processes, every worker checks the store too.
+    its own. With several worker processes, every worker checks the store too, and the
+    answer waits until each serves the newest version it can load (504 past
+    ``worker_sync_timeout_s``; they keep trying).
     """
     reloader = registry.get(name).reloader
     assert reloader is not None
-    outcome = await reloader.reload()
-    _tell_workers(state)
+    async with state.changes.change(registry):
+        outcome = await reloader.reload()
+    if state.changes.group is None:
+        _tell_workers(state)
     return ReloadResponse(
         model=outcome.model,
         version=outcome.version,
