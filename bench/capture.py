@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -116,9 +118,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--budget", type=int, default=5 * 1024**2, help="capture_max_bytes")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="where to capture (a fresh folder is made inside it): the file system the "
+        "captures go to sets much of the cost; default: the system's temporary folder",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="mmserve-capture-bench-"))
+    folder = Path(tempfile.mkdtemp(prefix="mmserve-capture-bench-", dir=args.folder))
+    try:
+        phases = _run(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(
+        f"concurrency {args.connections}, {args.duration:g} s per phase, budget {args.budget}, "
+        f"captured under {folder.parent}"
+    )
+    print("| capture | req/s | p50 ms | p99 ms | errors | written | dropped | disk (counted) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in phases:
+        print(
+            f"| {p.capture} | {p.requests_per_s} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
+            f"{p.errors} | {p.written:g} | {p.dropped:g} | {p.disk_bytes} |"
+        )
+    off = [p for p in phases if p.capture == "off"]
+    on = [p for p in phases if p.capture != "off"]
+    print(
+        "capture at rate 1.0 against off (medians over the rounds): "
+        f"req/s x{_median(on, 'requests_per_s') / _median(off, 'requests_per_s'):.3f}, "
+        f"p99 x{_median(on, 'p99_ms') / _median(off, 'p99_ms'):.3f}"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(p) for p in phases], indent=2))
+    over = [p for p in phases if p.disk_bytes > args.budget or p.allocated_bytes > args.budget]
+    return 1 if over or any(p.errors for p in phases) else 0
+
+
+def _run(args: argparse.Namespace, folder: Path) -> list[Phase]:
+    """Capture off and on in turn, ``args.rounds`` times, capturing under ``folder``."""
     samples = inputs.generate()
     payloads = [bodies.encode_multipart(sample) for sample in samples]
     args.content_type = payloads[0].content_type
@@ -128,18 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.rounds):
         phases.append(run_phase(args, body_list, None))
         phases.append(run_phase(args, body_list, folder / f"captured-{round_}"))
-    print(f"concurrency {args.connections}, {args.duration:g} s per phase, budget {args.budget}")
-    print("| capture | req/s | p50 ms | p99 ms | errors | written | dropped | disk (counted) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for p in phases:
-        print(
-            f"| {p.capture} | {p.requests_per_s} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
-            f"{p.errors} | {p.written:g} | {p.dropped:g} | {p.disk_bytes} |"
-        )
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(p) for p in phases], indent=2))
-    over = [p for p in phases if p.disk_bytes > args.budget or p.allocated_bytes > args.budget]
-    return 1 if over or any(p.errors for p in phases) else 0
+    return phases
+
+
+def _median(phases: list[Phase], figure: str) -> float:
+    return float(statistics.median(getattr(p, figure) for p in phases))
 
 
 if __name__ == "__main__":
