@@ -1,14 +1,21 @@
 """Connection guards for ``mmserve serve``: a cap on open connections and read deadlines.
 
-uvicorn's HTTP protocol (httptools) with three additions, each answered with the service's
-JSON error body and ``Connection: close``:
+uvicorn's HTTP protocol (httptools) with four additions, each answered with the service's
+JSON error body:
 
 - a connection opened while ``max_connections`` are open gets 503 and is closed at once,
   so idle or slow clients cannot exhaust the process's file descriptors;
 - a request whose headers are not complete ``header_timeout_s`` after its first byte (or
-  after the connection opened, for a client that sends nothing) gets 408;
-- a request whose body is not complete ``body_timeout_s`` after its headers gets 408,
-  unless its response has already started (then the connection is just closed).
+  after the connection opened, for a client that sends nothing) gets 408 and is closed;
+- a request whose body is not complete ``body_timeout_s`` after its headers gets 408 and
+  is closed, unless its response has already started (then the connection is just closed);
+- a model request (POST) that admission control refuses
+  (:mod:`service.serving.api.middleware.admission`) is answered 503 with ``Retry-After``
+  here, as soon as its headers are parsed: no request task, no ASGI call. It is counted,
+  timed, logged and given an ``X-Request-ID`` like any answer. As in the middleware, a small
+  body is discarded and the connection kept; otherwise the connection is closed. A request
+  queued behind another on the same connection (pipelining) is left to the middleware, so
+  that answers keep their order.
 
 uvicorn's keep-alive timeout still closes idle connections between requests. Imported only
 by the server runner, never by the app: tests of the app need no uvicorn.
@@ -19,12 +26,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+import time
+import urllib.parse
+from typing import Any, cast
 
+import httptools
 from prometheus_client import Counter
+from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import RequestTimeout, ServiceError, ServiceUnavailable
+from service.serving.api.errors import error_body
+from service.serving.api.middleware.admission import Admission, closes
+from service.serving.api.middleware.observability import (
+    REQUEST_ID_HEADER,
+    RequestLog,
+    RequestRecord,
+    request_id_of,
+)
+from service.serving.api.state import AppState
 from service.serving.settings import Settings
 
 log = logging.getLogger("mmserve.connections")
@@ -37,13 +57,16 @@ CONNECTIONS_CLOSED = Counter(
 )
 
 
-def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
-    """The httptools protocol class with the limits of ``settings``."""
+def guarded_protocol(settings: Settings, state: AppState | None = None) -> type[HttpToolsProtocol]:
+    """The httptools protocol class with the limits of ``settings``; with the app's
+    ``state``, model requests it refuses are answered before they reach the app."""
 
     class Guarded(GuardedProtocol):
         max_connections = settings.max_connections
         header_timeout = settings.header_timeout_s
         body_timeout = settings.body_timeout_s
+        admission = state.admission if state is not None else None
+        request_log = state.request_log if state is not None else None
 
     return Guarded
 
@@ -54,10 +77,13 @@ class GuardedProtocol(HttpToolsProtocol):
     max_connections: int = 2048
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    admission: Admission | None = None
+    request_log: RequestLog | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._discarding = False  # the body of a request refused here
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -78,17 +104,68 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request right behind one refused here, in the same read: not idle after all.
+        self._unset_keepalive_if_required()
         if self._deadline is None:  # a request on a kept-alive connection
             self._arm(self.header_timeout, "header_timeout")
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        if self._refused_here():
+            if not self.transport.is_closing():
+                self._arm(self.body_timeout, "body_timeout")  # for the body to discard
+            return
         super().on_headers_complete()
         self._arm(self.body_timeout, "body_timeout")
 
+    def on_body(self, body: bytes) -> None:
+        if not self._discarding:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._disarm()
+        if self._discarding:
+            self._discarding = False
+            self.on_response_complete()  # the keep-alive timer, or the next request
+            return
         super().on_message_complete()
+
+    def _refused_here(self) -> bool:
+        """Answer a model request that admission control refuses now, and say whether it
+        did. Only when no earlier request on this connection is still being answered."""
+        admission = self.admission
+        if (
+            admission is None
+            or self.parser.get_method() != b"POST"
+            or (self.cycle is not None and not self.cycle.response_complete)
+        ):
+            return False
+        started = time.perf_counter()
+        path = httptools.parse_url(self.url).path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        refusal = admission.refusal(path)
+        if refusal is None:
+            return False
+        scope = cast(Scope, self.scope)  # uvicorn's typed scope, as the app sees it
+        scope["method"] = "POST"
+        scope["path"] = path
+        close = (
+            closes(scope, refusal)
+            or self.expect_100_continue  # the client may be waiting to send its body
+            or not self.parser.should_keep_alive()
+        )
+        record = RequestRecord(request_id_of(scope))
+        self._write_error(refusal, close, {REQUEST_ID_HEADER: record.request_id}, path)
+        if close:
+            self.transport.close()
+        else:
+            self._discarding = True
+        if self.request_log is not None:
+            self.request_log.finish(
+                scope, record, refusal.status_code, time.perf_counter() - started
+            )
+        return True
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -104,6 +181,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         CONNECTIONS_CLOSED.labels(reason).inc()
+        if self._discarding:  # the request was answered (refused): just close
+            self.transport.close()
+            return
         cycle = self.cycle
         if reason == "body_timeout" and cycle is not None:
             # The app is waiting for the rest of the body: it sees a disconnect, and
@@ -120,16 +200,27 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: ServiceError) -> None:
         """Write ``error`` as a complete response and close the connection."""
-        body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        self._write_error(error, close=True)
+        self.transport.close()
+
+    def _write_error(
+        self,
+        error: ServiceError,
+        close: bool,
+        headers: dict[str, str] | None = None,
+        path: str = "",
+    ) -> None:
+        """Write ``error`` as a complete response (the JSON error body for ``path``)."""
+        body = json.dumps(error_body(error.code, error.message, path)).encode()
         head = [
             f"HTTP/1.1 {error.status_code} {_REASONS[error.status_code]}",
             "content-type: application/json",
             f"content-length: {len(body)}",
-            "connection: close",
+            *(("connection: close",) if close else ()),
             *(f"{name}: {value}" for name, value in error.headers.items()),
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
         ]
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        self.transport.close()
 
 
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.serving.api.draining import start_draining
+from service.serving.api.state import app_state
 from service.serving.app import request_reload
 from service.serving.connections import guarded_protocol
 from service.serving.settings import Settings
@@ -89,7 +90,7 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         # One access line per request: ours (mmserve.access) when on, else uvicorn's.
         access_log=not settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-        http=guarded_protocol(settings),
+        http=guarded_protocol(settings, app_state(app)),
         # Connections are capped per worker by max_connections (service.serving.connections).
         backlog=max(2048, settings.max_connections),
     )

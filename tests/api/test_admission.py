@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.serving.api.draining import start_draining
 from service.serving.app import create_app
@@ -78,14 +79,7 @@ def _small_request() -> bytes:
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
     """One request and its whole response on a kept-alive connection."""
     sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    while len(rest) < length:
-        rest += sock.recv(65536)
-    return head.lower() + b"\r\n\r\n" + rest  # headers lower-cased
+    return _read_answers(sock, 1)[0]
 
 
 def _predict(url: str) -> httpx.Response:
@@ -122,6 +116,7 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
     settings = _settings(tmp_path, max_in_flight=1)
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
+        counted_before = _requests_counted(url, "/v1/predict", "503")
         holder = threading.Thread(target=_predict, args=(url,))
         holder.start()
         assert gated.entered.wait(10)
@@ -134,6 +129,7 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
             holder.join(20)
             small_served = _exchange(kept, _small_request())
         after = _predict(url)
+        refused_count = _requests_counted(url, "/v1/predict", "503") - counted_before
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "limit 1" in body["error"]["message"]  # type: ignore[index]
@@ -142,6 +138,71 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
     assert small_refused.startswith(b"http/1.1 503") and b"connection: close" not in small_refused
     assert small_served.startswith(b"http/1.1 200")  # on the same connection
     assert after.status_code == 200  # the slot is free again
+    # Refused before the app, yet answered like any request: an id, and counted.
+    assert len(headers["x-request-id"]) == 32 and b"x-request-id: " in small_refused
+    assert refused_count == 2
+
+
+def test_a_request_pipelined_behind_one_in_flight_is_answered_in_order(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    # The second request finds the service full while the first is being answered on the
+    # same connection: it must not be answered (refused) before the first.
+    settings = _settings(tmp_path, max_in_flight=1)
+    with serving(create_app(settings, classifier=gated), settings) as port, connect(port) as sock:
+        sock.sendall(_small_request())
+        assert gated.entered.wait(10)  # the first holds the only slot
+        sock.sendall(_small_request())
+        time.sleep(0.2)  # the second request's headers are parsed meanwhile
+        gated.gate.set()
+        answers = _read_answers(sock, 2)
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200"]
+
+
+def test_a_v2_request_is_refused_in_the_inference_protocol_shape(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    settings = _settings(tmp_path, max_in_flight=1)
+    with serving(create_app(settings, classifier=gated), settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        holder = threading.Thread(target=_predict, args=(url,))
+        holder.start()
+        assert gated.entered.wait(10)
+        refused = httpx.post(f"{url}/v2/models/fake/infer", json={"inputs": []}, timeout=10)
+        gated.gate.set()
+        holder.join(20)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "limit 1" in refused.json()["error"]
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` whole responses (each with a Content-Length, headers lower-cased) from a
+    kept-alive connection."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        answers.append(head.lower() + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+def _requests_counted(url: str, route: str, status: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "mmserve_http_requests_total"
+                and sample.labels.get("route") == route
+                and sample.labels.get("status") == status
+            ):
+                return float(sample.value)
+    return 0.0
 
 
 def test_a_full_queue_refuses_before_the_body_is_read(

@@ -62,10 +62,15 @@ def error_json(
     path: str = "",
 ) -> JSONResponse:
     """The error body every failure uses (the protocol's own on ``/v2`` paths)."""
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    return JSONResponse(error_body(code, message, path), status_code=status, headers=headers)
+
+
+def error_body(code: str, message: str, path: str = "") -> dict[str, Any]:
+    """The JSON of an error answer to ``path``: ``{"error": {"code", "message"}}``, or the
+    inference protocol's ``{"error": message}`` on ``/v2`` paths."""
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+        return {"error": message}
+    return {"error": {"code": code, "message": message}}
 
 
 def validation_message(errors: Sequence[Any]) -> str:

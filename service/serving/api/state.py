@@ -9,6 +9,7 @@ flag.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
@@ -16,6 +17,10 @@ from service.serving.inference.registry import ModelRegistry
 from service.serving.settings import Settings
 from service.serving.worker_state import WorkerGroup
 from service.serving.worker_sync import GroupChanges
+
+if TYPE_CHECKING:
+    from service.serving.api.middleware.admission import Admission
+    from service.serving.api.middleware.observability import RequestLog
 
 _KEY = "mmserve"
 
@@ -34,6 +39,11 @@ class AppState:
     """How a change to what is served reaches every worker (nothing to do for one)."""
     draining: bool = False
     """Set the moment the process is asked to stop: new model requests get 503."""
+    admission: Admission | None = None
+    """Which model requests are refused now (the middleware's and the connections')."""
+    request_log: RequestLog | None = None
+    """Counts, times and logs every answered request (the middleware's and the
+    connections')."""
 
 
 def install_state(app: Starlette, state: AppState) -> AppState:

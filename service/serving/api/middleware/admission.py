@@ -10,7 +10,9 @@ A pure ASGI middleware in front of the routes. A model request (any POST) is ref
   for ``/v1/predict``, model ``{name}``'s for ``/v1/models/{name}/...`` and
   ``/v2/models/{name}/...``): the request could only be refused after decoding.
 
-A refusal costs the parsing of the request line and headers and nothing else. A body of
+A refusal costs the parsing of the request line and headers and nothing else; under
+``mmserve serve`` the connection answers it before the app is called
+(:mod:`service.serving.connections`), with the same decision (:class:`Admission`). A body of
 up to 64 KiB (which the server has most likely received already) is discarded and the
 connection kept for the client's next request; a larger or unannounced one closes the
 connection rather than be read only to be thrown away.
@@ -19,14 +21,13 @@ connection rather than be read only to be thrown away.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
 from service.serving.api.errors import error_json
-from service.serving.api.state import app_state
+from service.serving.api.state import AppState, app_state
 
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/]+)/")
 
@@ -41,58 +42,27 @@ KEEP_ALIVE_BODY_BYTES = 64 * 1024
 buffer holds this much anyway)."""
 
 
-class AdmissionControl:
-    """Refuse POST requests while draining, over the in-flight cap, or with a full queue."""
+class Admission:
+    """The decision, shared by this middleware and the server's connections (which refuse
+    before the request reaches the app, :mod:`service.serving.connections`)."""
 
-    def __init__(
-        self, app: ASGIApp, refusal: Callable[[int, str], ServiceUnavailable | None]
-    ) -> None:
-        self.app = app
-        self._refusal = refusal
+    def __init__(self, state: AppState) -> None:
+        self._state = state
         self.in_flight = 0
+        """Model requests (POST) being handled now, by this process."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(self.in_flight, scope["path"])
-        if refusal is not None:
-            headers = dict(refusal.headers)
-            if not _small_body(scope) or isinstance(refusal, ShuttingDown):
-                headers["Connection"] = "close"
-            response = error_json(
-                refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
-            )
-            await response(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
-def _small_body(scope: Scope) -> bool:
-    """Whether the request declares a body small enough to discard (not chunked)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.isdigit() and int(value) <= KEEP_ALIVE_BODY_BYTES
-    return False
-
-
-def install_admission_control(app: FastAPI) -> None:
-    """Refuse model requests the service cannot take, per the running settings."""
-    state = app_state(app)
-
-    def refusal(in_flight: int, path: str) -> ServiceUnavailable | None:
+    def refusal(self, path: str) -> ServiceUnavailable | None:
+        """Why a POST to ``path`` is refused now; None when it is taken."""
+        state = self._state
         if state.draining:
             return ShuttingDown("the service is shutting down", retry_after=DRAIN_RETRY_AFTER_S)
         settings = state.settings
         if settings is None:
             return None  # not started: the routes answer 503 themselves
-        if in_flight >= settings.max_in_flight:
+        if self.in_flight >= settings.max_in_flight:
             return Overloaded(
-                f"{in_flight} requests in flight (limit {settings.max_in_flight}); retry shortly",
+                f"{self.in_flight} requests in flight (limit {settings.max_in_flight}); "
+                "retry shortly",
                 retry_after=RETRY_AFTER_S,
             )
         registry = state.registry
@@ -108,7 +78,52 @@ def install_admission_control(app: FastAPI) -> None:
             )
         return None
 
-    app.add_middleware(AdmissionControl, refusal=refusal)
+
+class AdmissionControl:
+    """Refuse POST requests while draining, over the in-flight cap, or with a full queue."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self._admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        admission = self._admission
+        refusal = admission.refusal(scope["path"])
+        if refusal is not None:
+            headers = dict(refusal.headers)
+            if closes(scope, refusal):
+                headers["Connection"] = "close"
+            response = error_json(
+                refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
+            )
+            await response(scope, receive, send)
+            return
+        admission.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.in_flight -= 1
+
+
+def closes(scope: Scope, refusal: ServiceUnavailable) -> bool:
+    """Whether refusing this request closes the connection: when draining, and unless the
+    request declares a body small enough to discard (not chunked)."""
+    if isinstance(refusal, ShuttingDown):
+        return True
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not (value.isdigit() and int(value) <= KEEP_ALIVE_BODY_BYTES)
+    return True
+
+
+def install_admission_control(app: FastAPI) -> None:
+    """Refuse model requests the service cannot take, per the running settings."""
+    state = app_state(app)
+    state.admission = Admission(state)
+    app.add_middleware(AdmissionControl, admission=state.admission)
 
 
 def _model_name(path: str) -> str | None:

@@ -88,52 +88,22 @@ Templates = Callable[[], Sequence[tuple[re.Pattern[str], str]]]
 """The app's route templates with their compiled patterns."""
 
 
-class RequestObserver:
-    """Count, time and log every HTTP request, and give each one an id."""
+class RequestLog:
+    """Counts, times and logs answered requests (:class:`RequestObserver`'s, and those the
+    server's connections refuse before the app sees them)."""
 
     def __init__(
-        self,
-        app: ASGIApp,
-        templates: Templates | None = None,
-        access_log: Callable[[], bool] = lambda: True,
+        self, templates: Templates | None = None, access_log: Callable[[], bool] = lambda: True
     ) -> None:
-        self.app = app
         self._templates = templates
         self._access_log = access_log
         # One (counter, histogram) child per label set: labels() takes a lock and builds a
         # key on every call, this is one dict lookup. Bounded like the labels themselves.
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = _request_id(scope)
-        id_header = (_HEADER_KEY, request_id.encode("ascii"))
-        record = RequestRecord(request_id)
-        status = 500  # what the server answers when the app fails before responding
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", ()), id_header]
-                if record.model is not None:
-                    # Which model version answered, for clients and proxies (canary splits).
-                    headers.append((MODEL_HEADER_KEY, record.model.encode("latin-1")))
-                    headers.append((VERSION_HEADER_KEY, str(record.model_version).encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        token = _current.set(record)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            _current.reset(token)
-            self._finish(scope, record, status, time.perf_counter() - started)
-
-    def _finish(self, scope: Scope, record: RequestRecord, status: int, seconds: float) -> None:
+    def finish(self, scope: Scope, record: RequestRecord, status: int, seconds: float) -> None:
+        """Count, time and log one answered request (``scope``: its method, path, headers
+        and, once routed, route)."""
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         route = self._route(scope)
         key = (method, route, str(status))
@@ -178,6 +148,43 @@ class RequestObserver:
         return UNMATCHED
 
 
+class RequestObserver:
+    """Count, time and log every HTTP request, and give each one an id."""
+
+    def __init__(self, app: ASGIApp, request_log: RequestLog) -> None:
+        self.app = app
+        self._log = request_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        id_header = (_HEADER_KEY, request_id.encode("ascii"))
+        record = RequestRecord(request_id)
+        status = 500  # what the server answers when the app fails before responding
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), id_header]
+                if record.model is not None:
+                    # Which model version answered, for clients and proxies (canary splits).
+                    headers.append((MODEL_HEADER_KEY, record.model.encode("latin-1")))
+                    headers.append((VERSION_HEADER_KEY, str(record.model_version).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        token = _current.set(record)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _current.reset(token)
+            self._log.finish(scope, record, status, time.perf_counter() - started)
+
+
 def install_observability(app: FastAPI) -> None:
     """Add the middleware; call it after every other ``add_middleware`` so that it is the
     outermost and sees every answer (a refused oversized body included)."""
@@ -201,10 +208,11 @@ def install_observability(app: FastAPI) -> None:
         settings = state.settings
         return settings.access_log if settings is not None else True
 
-    app.add_middleware(RequestObserver, templates=templates, access_log=access_log)
+    state.request_log = RequestLog(templates, access_log)
+    app.add_middleware(RequestObserver, request_log=state.request_log)
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
     """The client's ``X-Request-ID`` when it is acceptable, else a new one."""
     for name, value in scope["headers"]:
         if name == _HEADER_KEY:
