@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from bench import eventloop
 from bench.bodies import Payload
 
 # The generator kept up when its sends were this late at the 99th percentile at most (a
@@ -302,13 +303,7 @@ def measure(
     url: str, payloads: Sequence[Payload], rate: float, duration_s: float, **options: Any
 ) -> OpenLoopResult:
     """:func:`run` (same arguments) on a fresh event loop, uvloop's when installed."""
-    coro = run(url, payloads, rate, duration_s, **options)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+    return eventloop.run(run(url, payloads, rate, duration_s, **options))
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:

@@ -25,13 +25,12 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from bench import eventloop
 from bench.inputs import generate
 
 BOUNDARY = "stressboundary"
@@ -198,17 +197,6 @@ async def trickle(port: int, connections: int, seconds: float) -> dict[str, obje
     }
 
 
-def _run(work: Coroutine[Any, Any, dict[str, object]]) -> dict[str, object]:
-    """``work`` on uvloop's event loop when installed (a client that shares the server's
-    CPUs adds less of its own latency), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(work)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(work)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=["overload", "many", "trickle"])
@@ -219,9 +207,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     if args.scenario == "trickle":
-        result = _run(trickle(args.port, args.connections, args.seconds))
+        result = eventloop.run(trickle(args.port, args.connections, args.seconds))
     else:
-        result = _run(closed_loop(args.port, args.connections, args.seconds, args.pid))
+        result = eventloop.run(closed_loop(args.port, args.connections, args.seconds, args.pid))
     result = {"scenario": args.scenario, **result}
     text = json.dumps(result, indent=2)
     print(text)

@@ -71,14 +71,17 @@ async def _run(
         explained = await explain_items(runtime, items)
         rows = explained[:, 0]
         explanations = [explanation(item_rows, labels) for item_rows in explained]
-    results = [
-        BatchResult(
-            **rank(row, labels, top_k).model_dump(),
-            modalities=modalities(item),
-            explanation=why,
+    results = []
+    for row, item, why in zip(rows.tolist(), items, explanations, strict=True):
+        ranked = rank(row, labels, top_k)
+        results.append(
+            BatchResult(
+                label=ranked.label,
+                predictions=ranked.predictions,  # as built: not dumped to dicts and re-read
+                modalities=modalities(item),
+                explanation=why,
+            )
         )
-        for row, item, why in zip(rows.tolist(), items, explanations, strict=True)
-    ]
     return BatchPredictResponse(
         model=classifier.name,
         version=classifier.version,
