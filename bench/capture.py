@@ -53,8 +53,9 @@ def _metric(text: str, name: str) -> float:
 def _disk(folder: Path) -> tuple[int, int]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     images = [p for p in (folder / "images").iterdir() if p.is_dir()]
-    counted = sum(blocks(p.stat().st_size) for p in files) + BLOCK * len(images)
-    allocated = sum(p.stat().st_blocks * 512 for p in [*files, *images])
+    spares = list(folder.glob(".spare-w*"))  # folders of emptied files kept for reuse
+    counted = sum(blocks(p.stat().st_size) for p in [*files, *spares]) + BLOCK * len(images)
+    allocated = sum(p.stat().st_blocks * 512 for p in [*files, *images, *spares])
     return counted, allocated
 
 

@@ -156,7 +156,8 @@ def test_a_full_queue_drops_and_counts_and_pairs_without_both_modalities_are_ski
 def _store_usage(folder: Path) -> int:
     """What the capture folder takes, counted as the budget counts it."""
     files = sum(blocks(p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    return files + BLOCK * len([p for p in (folder / "images").iterdir() if p.is_dir()])
+    spares = sum(blocks(p.stat().st_size) for p in folder.glob(".spare-w*"))
+    return files + spares + BLOCK * len([p for p in (folder / "images").iterdir() if p.is_dir()])
 
 
 def test_the_disk_budget_holds_and_the_oldest_segments_go_first(folder: Path) -> None:
@@ -174,6 +175,44 @@ def test_the_disk_budget_holds_and_the_oldest_segments_go_first(folder: Path) ->
     assert texts == [f"row {n}" for n in range(200 - len(texts), 200)], "newest kept, in order"
     images = {str(r["image"]).split("/")[1] for r in _rows(folder)}
     assert images == {p.name for p in (folder / "images").iterdir()}, "no orphaned images"
+
+
+def test_deleted_segments_lend_their_emptied_files_to_the_next_images(folder: Path) -> None:
+    rng = np.random.default_rng(1)
+    sent: dict[str, bytes] = {}
+
+    def write(store: SegmentStore, n: int) -> None:
+        # Sizes that go up and down, so that a reused file that kept a longer past shows.
+        image = rng.bytes(int(rng.integers(1_000, 40_000)))
+        sent[f"row {n}"] = image
+        store.write(image, "jpg", {"text": f"row {n}", "label": ""})
+
+    store = SegmentStore(folder, 1024**2, segment_s=3600)
+    store.adopt()
+    written: set[int] = set()  # inode numbers of every image file written so far
+    for n in range(120):
+        write(store, n)
+        written |= {p.stat().st_ino for p in (folder / "images").rglob("*.jpg")}
+        spares = list(store.spare_folder.iterdir())
+        assert len(spares) <= store.spare_cap
+        assert all(p.stat().st_size == 0 for p in spares), "a spare holds no bytes"
+        assert _store_usage(folder) <= store.used <= 1024**2
+    store.close_open()
+    assert store.pruned > 0
+    rows = _rows(folder)
+    for row in rows:
+        assert (folder / str(row["image"])).read_bytes() == sent[str(row["text"])]
+    kept = {(folder / str(row["image"])).stat().st_ino for row in rows}
+    made = {p.stat().st_ino for p in store.spare_folder.iterdir()}
+    assert len(written) < 120, "later images were written into earlier files"
+    # A restart takes the spares over and writes into them first.
+    again = SegmentStore(folder, 1024**2, segment_s=3600)
+    again.adopt()
+    write(again, 120)
+    again.close_open()
+    newest = folder / str(_rows(folder)[-1]["image"])
+    assert newest.read_bytes() == sent["row 120"]
+    assert newest.stat().st_ino in made - kept
 
 
 def test_a_segment_closes_when_old_and_a_restart_drops_only_its_unfinished_one(

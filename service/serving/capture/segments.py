@@ -7,6 +7,7 @@ so that names sort by the time a segment was opened and no two processes share o
       <stem>.jsonl              a closed segment: whole rows, a valid manifest once labelled
       images/<stem>/000001.png  its images, named by the row's number and the image's format
       .<stem>.jsonl.tmp         the open segment, renamed to <stem>.jsonl when it closes
+      .spare-w<worker>/         emptied image files of deleted segments, kept for reuse
 
 A segment closes when it holds a quarter of the worker's share of the budget, when it has
 been open ``segment_s`` seconds, and at shutdown; a reader never sees a half-written row,
@@ -15,6 +16,14 @@ Image files are written in place: until its segment is renamed, no row names the
 a write would take the worker's files past its share (``max_bytes / workers``, every file
 counted in whole 4 KiB blocks), its oldest closed segments are deleted, rows first, then
 images.
+
+A deleted segment's image files are emptied and moved to the worker's spare folder, and the
+next images are written into them: a file system creates a file at a cost that varies, and
+on some it grows with the files deleted before it (ext4 without a journal scans past every
+inode freed in the last half minute, about 100 µs per file at a few hundred files a second),
+where renaming and writing an emptied file costs the same whatever was deleted. The spare
+folder holds at most ``spare_cap`` files (none bigger than 0 bytes), its own size counted in
+the share; beyond that, images are deleted.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ IMAGES = "images"
 _STEM = re.compile(r"capture-\d{8}T\d{12}Z-w(\d+)-\d+-\d{6}")
 _SEGMENTS_PER_SHARE = 4
 _PATH_BOUND = 256  # the "image" member of a row: images/<stem>/<n>.<ext>
+_SPARE = re.compile(r"\.spare-w(\d+)")
+_SPARE_CAP = 16384
 
 
 class BudgetExceeded(Exception):
@@ -71,16 +82,24 @@ class SegmentStore:
         self.worker = worker
         self.workers = workers
         self._closed: deque[_Segment] = deque()
+        self._closed_cost = 0  # the sum of their costs
         self._open: _Segment | None = None
         self._count = 0
         self.pruned = 0
         """Closed segments deleted to keep to the budget, since start."""
+        self.spare_folder = folder / f".spare-w{worker}"
+        self.spare_cap = min(_SPARE_CAP, self.share // (8 * BLOCK))
+        """Most emptied files kept for reuse (each costs a directory entry, not a block)."""
+        self._spares: list[str] = []
+        self._spare_prefix = f"{time.time_ns():x}"  # new names never meet a kept one's
+        self._spare_names = 0
+        self._spare_cost = 0
 
     @property
     def used(self) -> int:
         """Bytes (in blocks) of this worker's files now."""
         open_cost = self._open.cost if self._open is not None else 0
-        return sum(s.cost for s in self._closed) + open_cost
+        return self._closed_cost + open_cost + self._spare_cost
 
     def adopt(self) -> None:
         """Create the folder; take over the closed segments a previous process of this
@@ -97,8 +116,10 @@ class SegmentStore:
         for path in (self.folder / IMAGES).iterdir():
             if self._mine(path.name) and path.name not in closed:
                 shutil.rmtree(path, ignore_errors=True)
+        self._adopt_spares()
         for stem in sorted(closed):
             self._closed.append(_Segment(stem, self._measure(stem)))
+            self._closed_cost += self._closed[-1].cost
         self._prune(0)
 
     def write(self, image: bytes, extension: str, row: dict[str, Any]) -> None:
@@ -120,8 +141,7 @@ class SegmentStore:
         name = f"{segment.rows:06d}.{extension}"
         # Written in place: no row names the file until its segment is renamed into place,
         # and a crash's half-written images go with their unfinished segment (adopt).
-        with open(os.path.join(self.folder, IMAGES, segment.stem, name), "xb") as file:
-            file.write(image)
+        self._put(os.path.join(self.folder, IMAGES, segment.stem, name), image)
         segment.cost += blocks(len(image))
         path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
         data = f'{body}, "image": {path}}}\n'.encode()
@@ -155,6 +175,7 @@ class SegmentStore:
         segment.file = None
         os.rename(self._temporary(segment.stem), self.folder / f"{segment.stem}.jsonl")
         self._closed.append(segment)
+        self._closed_cost += segment.cost
 
     def _start(self) -> _Segment:
         self._count += 1
@@ -170,9 +191,73 @@ class SegmentStore:
         """Delete the oldest closed segments until ``need`` more bytes fit the share."""
         while self._closed and self.used + need > self.share:
             segment = self._closed.popleft()
+            self._closed_cost -= segment.cost
             (self.folder / f"{segment.stem}.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(self.folder / IMAGES / segment.stem, ignore_errors=True)
+            self._recycle(self.folder / IMAGES / segment.stem)
             self.pruned += 1
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Write a new file at ``path``: into a spare (emptied) file when there is one."""
+        while self._spares:
+            spare = self._spares.pop()
+            try:
+                os.rename(spare, path)
+            except FileNotFoundError:  # deleted by someone else: try the next one
+                continue
+            fd = os.open(path, os.O_WRONLY)  # not O_TRUNC: it is empty (see _recycle)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            return
+        with open(path, "xb") as file:
+            file.write(data)
+
+    def _recycle(self, images: Path) -> None:
+        """Delete a segment's image folder, keeping its files, emptied, as spares."""
+        try:
+            names = os.listdir(images)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(images, name)
+            try:
+                if len(self._spares) >= self.spare_cap:
+                    os.unlink(path)
+                    continue
+                # Emptied by an open that truncates and a close, not by os.truncate: ext4
+                # then does its flush-on-close of a truncated file now, on an empty file,
+                # instead of after the next write into it.
+                os.close(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW))
+                self._spare_names += 1
+                spare = os.path.join(self.spare_folder, f"{self._spare_prefix}-{self._spare_names}")
+                os.rename(path, spare)
+                self._spares.append(spare)
+            except OSError:
+                continue  # what is left goes with the folder
+        shutil.rmtree(images, ignore_errors=True)
+        self._spare_cost = blocks(self.spare_folder.stat().st_size)
+
+    def _adopt_spares(self) -> None:
+        """Take over this worker's spare files (worker 0 deletes those of workers beyond
+        the count); a file that is not empty, or one past the cap, is deleted."""
+        self.spare_folder.mkdir(exist_ok=True)
+        if self.worker == 0:
+            for path in self.folder.glob(".spare-w*"):
+                match = _SPARE.fullmatch(path.name)
+                if match is not None and int(match.group(1)) >= self.workers:
+                    shutil.rmtree(path, ignore_errors=True)
+        for entry in os.scandir(self.spare_folder):
+            empty = entry.is_file(follow_symlinks=False) and entry.stat().st_size == 0
+            if empty and len(self._spares) < self.spare_cap:
+                self._spares.append(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        self._spare_cost = blocks(self.spare_folder.stat().st_size)
 
     def _mine(self, stem: str) -> bool:
         match = _STEM.fullmatch(stem)
