@@ -19,6 +19,7 @@ from service.serving.capture.segments import BLOCK, SegmentStore, blocks
 from service.serving.settings import Settings
 from service.training.dataset import read_manifest
 from tests.support.fakes import BLUE, LABELS, RED, FakeClassifier, expected, image_bytes
+from tests.support.probes import poll
 
 SECRET = "sekrit-key-0123456789"
 
@@ -153,6 +154,24 @@ def test_a_full_queue_drops_and_counts_and_pairs_without_both_modalities_are_ski
     assert (row["request_id"], row["item"], row["predicted"]) == ("r1", 2, "blue")
 
 
+def test_a_running_writer_writes_on_its_own_wakes_and_closes_old_segments(
+    folder: Path,
+) -> None:
+    writer = CaptureWriter(folder, 1.0, 1024**2, segment_s=0.05, queue_bytes=1024**2)
+    written = _count("mmserve_capture_written_total")
+    writer.start()
+    try:
+        probabilities = np.array([[0.7, 0.2, 0.1]])
+        for n in range(3):
+            writer.submit("m", 1, LABELS, f"r{n}", [(image_bytes(), f"t{n}")], probabilities)
+        # No close: the writer's own wakes write the pairs and close the segment by age.
+        poll(lambda: len(_rows(folder)) == 3, "three rows in closed segments")
+        assert _count("mmserve_capture_written_total") - written == 3
+        assert [r["request_id"] for r in _rows(folder)] == ["r0", "r1", "r2"]
+    finally:
+        writer.close(timeout=10)
+
+
 def _store_usage(folder: Path) -> int:
     """What the capture folder takes, counted as the budget counts it."""
     files = sum(blocks(p.stat().st_size) for p in folder.rglob("*") if p.is_file())
@@ -213,6 +232,28 @@ def test_deleted_segments_lend_their_emptied_files_to_the_next_images(folder: Pa
     newest = folder / str(_rows(folder)[-1]["image"])
     assert newest.read_bytes() == sent["row 120"]
     assert newest.stat().st_ino in made - kept
+
+
+def test_spares_are_taken_over_emptied_and_those_of_workers_beyond_the_count_deleted(
+    folder: Path,
+) -> None:
+    (folder / ".spare-w1").mkdir(parents=True)
+    (folder / ".spare-w1" / "a-1").write_bytes(b"")
+    (folder / ".spare-w1" / "a-2").write_bytes(b"left by a crash")  # not empty: deleted
+    (folder / ".spare-w3").mkdir()  # a worker beyond the count of 2
+    (folder / ".spare-w3" / "b-1").write_bytes(b"")
+    SegmentStore(folder, 1024**2, segment_s=60, worker=0, workers=2).adopt()
+    assert not (folder / ".spare-w3").exists()
+    assert (folder / ".spare-w1" / "a-2").exists(), "worker 1's own, until worker 1 starts"
+    one = SegmentStore(folder, 1024**2, segment_s=60, worker=1, workers=2)
+    one.adopt()
+    assert [p.name for p in one.spare_folder.iterdir()] == ["a-1"]
+    spare = (folder / ".spare-w1" / "a-1").stat().st_ino
+    one.write(image_bytes(), "png", {"text": "t", "label": ""})
+    one.close_open()
+    (row,) = _rows(folder)
+    assert (folder / str(row["image"])).stat().st_ino == spare
+    assert (folder / str(row["image"])).read_bytes() == image_bytes()
 
 
 def test_a_segment_closes_when_old_and_a_restart_drops_only_its_unfinished_one(
