@@ -130,7 +130,9 @@ def decode_image(
             rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     except (InvalidImage, PayloadTooLarge, UnsupportedMediaType):
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError as exc:  # its message names an in-memory file's address
+        raise InvalidImage("cannot decode image: not an image format Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from exc
     except Exception as exc:
         raise InvalidImage(f"cannot decode image: {type(exc).__name__}: {exc}") from exc

@@ -26,6 +26,7 @@ from service.serving.api.middleware.admission import install_admission_control
 from service.serving.api.middleware.limits import install_request_limits
 from service.serving.api.middleware.observability import install_observability
 from service.serving.api.state import AppState, app_state, install_state
+from service.serving.api.v1.plain import PlainPredictRoute
 from service.serving.capture import CaptureWriter
 from service.serving.inference import heap
 from service.serving.inference.classifier import Classifier, configure_tensorflow
@@ -118,6 +119,7 @@ def create_app(
     install_admission_control(app)  # before the body limit: refusals read no body
     install_observability(app)  # last: the outermost middleware
     app.include_router(api_router())
+    app.router.routes.insert(0, PlainPredictRoute())  # before the FastAPI route it relieves
     app.include_router(ui_router())  # the page answers 404 when settings.ui is off
     return app
 
