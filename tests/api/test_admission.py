@@ -22,6 +22,7 @@ from service.serving.app import create_app
 from service.serving.settings import Settings
 from tests.support.fakes import FakeClassifier, image_bytes
 from tests.support.live import connect, free_port, multipart_head, read_response, serving
+from tests.support.probes import poll
 
 DECLARED = 5_000_000
 """The body size refused requests declare; they send only its first bytes."""
@@ -39,6 +40,12 @@ class GatedClassifier(FakeClassifier):
         self.entered.set()
         assert self.gate.wait(20), "the test never opened the gate"
         return super().predict(images, texts)
+
+    def release(self, *requests: threading.Thread) -> None:
+        """Open the gate and wait for ``requests`` to be answered."""
+        self.gate.set()
+        for request in requests:
+            request.join(20)
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -91,6 +98,14 @@ def _predict(url: str) -> httpx.Response:
     )
 
 
+def _occupy(url: str, gated: GatedClassifier) -> threading.Thread:
+    """A predict request (on its own thread) that the gated model holds until released."""
+    request = threading.Thread(target=_predict, args=(url,))
+    request.start()
+    assert gated.entered.wait(10)
+    return request
+
+
 @pytest.fixture
 def gated() -> Iterator[GatedClassifier]:
     model = GatedClassifier()
@@ -117,16 +132,13 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
         counted_before = _requests_counted(url, "/v1/predict", "503")
-        holder = threading.Thread(target=_predict, args=(url,))
-        holder.start()
-        assert gated.entered.wait(10)
+        holder = _occupy(url, gated)
         status, headers, body, _ = _refused_without_body(port)
         health = httpx.get(f"{url}/health/live", timeout=10)  # GETs are never capped
         with connect(port) as kept:
             # A small body is discarded and the connection kept for the next request.
             small_refused = _exchange(kept, _small_request())
-            gated.gate.set()
-            holder.join(20)
+            gated.release(holder)
             small_served = _exchange(kept, _small_request())
         after = _predict(url)
         refused_count = _requests_counted(url, "/v1/predict", "503") - counted_before
@@ -165,12 +177,9 @@ def test_a_v2_request_is_refused_in_the_inference_protocol_shape(
     settings = _settings(tmp_path, max_in_flight=1)
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
-        holder = threading.Thread(target=_predict, args=(url,))
-        holder.start()
-        assert gated.entered.wait(10)
+        holder = _occupy(url, gated)
         refused = httpx.post(f"{url}/v2/models/fake/infer", json={"inputs": []}, timeout=10)
-        gated.gate.set()
-        holder.join(20)
+        gated.release(holder)
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert "limit 1" in refused.json()["error"]
@@ -211,19 +220,12 @@ def test_a_full_queue_refuses_before_the_body_is_read(
     settings = _settings(tmp_path, max_queue_items=1)
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
-        running = threading.Thread(target=_predict, args=(url,))
-        running.start()
-        assert gated.entered.wait(10)  # the model is busy with the first request
+        running = _occupy(url, gated)  # the model is busy with the first request
         queued = threading.Thread(target=_predict, args=(url,))
         queued.start()
-        deadline = time.monotonic() + 10
-        while _queue_depth(url) < 1:
-            assert time.monotonic() < deadline, "the second request never queued"
-            time.sleep(0.02)
+        poll(lambda: _queue_depth(url) >= 1, "the second request to queue")
         status, headers, body, _ = _refused_without_body(port)
-        gated.gate.set()
-        running.join(20)
-        queued.join(20)
+        gated.release(running, queued)
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "queue" in body["error"]["message"]  # type: ignore[index]

@@ -76,7 +76,6 @@ class CaptureWriter:
         self.rate = rate
         self.queue_bytes = queue_bytes
         self.store = SegmentStore(folder, max_bytes, segment_s, worker, workers)
-        self.tick_s = TICK_S
         self._queue: queue.SimpleQueue[Capture] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._pending = 0
@@ -140,7 +139,7 @@ class CaptureWriter:
     def _run(self) -> None:
         store = self.store
         while True:
-            stopping = self._stopping.wait(self.tick_s)
+            stopping = self._stopping.wait(TICK_S)
             written, pruned = 0, store.pruned
             for _ in range(self._queue.qsize()):  # what was queued by now, not what follows
                 job = self._queue.get_nowait()
