@@ -252,6 +252,7 @@ def _store_loader(settings: Settings, device: str) -> LoadFn:
             device,
             warm_up_batch=settings.max_batch_size,
             golden_tolerance=settings.golden_tolerance,
+            compile_text=settings.compile_text_encoder,
         )
 
     return load

@@ -219,6 +219,14 @@ class Settings(BaseSettings):
         "globally configured providers. Off by default: when no provider is configured it "
         "still costs a few per cent of a core per request at high load to find that out.",
     )
+    compile_text_encoder: bool = Field(
+        True,
+        description="On a CPU, compile the model's recurrent text encoder with XLA for the "
+        "batch sizes warmed up (1 to max_batch_size; token rows padded to a power of two), "
+        "which removes most of a model call's fixed cost. Costs a few seconds of start-up "
+        "per version loaded; the golden check proves the answers still match training. "
+        "Off: every batch runs the ordinary graph.",
+    )
     golden_tolerance: float = Field(
         GOLDEN_TOLERANCE,
         gt=0,

@@ -25,10 +25,13 @@ def quick_train(
 
 
 def serve_check(version: model_store.ModelVersion) -> float:
-    """Load the version as the service does at start-up (golden check included)."""
+    """Load the version as the service does at start-up (golden check included, through
+    the compiled text encoder when the model has a recurrent one)."""
     from service.serving.inference.golden import verify_golden
 
-    classifier = load_verified(version, "/CPU:0", warm_up_batch=2, golden_tolerance=1e-4)
+    classifier = load_verified(
+        version, "/CPU:0", warm_up_batch=2, golden_tolerance=1e-4, compile_text=True
+    )
     return verify_golden(classifier, version).max_abs_diff
 
 

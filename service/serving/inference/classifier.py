@@ -74,7 +74,9 @@ def configure_tensorflow(device: str, intra_op: int = 0, inter_op: int = 0) -> s
 class TFClassifier:
     """A Keras model from the store behind a compiled, fixed-signature forward pass."""
 
-    def __init__(self, version: ModelVersion, device: str = "/CPU:0") -> None:
+    def __init__(
+        self, version: ModelVersion, device: str = "/CPU:0", compile_text: bool = False
+    ) -> None:
         import keras
         import tensorflow as tf
 
@@ -117,6 +119,12 @@ class TFClassifier:
 
         self._forward = forward
         self._tf = tf
+        # Token-row counts (powers of two) whose compiled text encoder is ready: see
+        # CompiledText. Only warm_up adds to it, so no request ever waits for a compile.
+        self._compiled_rows: set[int] = set()
+        self._compiled: CompiledText | None = None
+        if compile_text and device.startswith("/CPU"):
+            self._compiled = CompiledText.of(model, (h, w))
 
     def predict(self, images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         if len(images) != len(texts):
@@ -124,12 +132,105 @@ class TFClassifier:
         tf = self._tf
         image_t = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
         text_t = tf.convert_to_tensor(np.asarray(texts, dtype=object).reshape(-1, 1), tf.string)
+        rows = token_rows(len(texts))
         with tf.device(self.device):
-            out = self._forward(image_t, text_t)
+            if self._compiled is not None and rows in self._compiled_rows:
+                out = self._compiled.forward(image_t, text_t, tf.constant(rows, tf.int32))
+            else:
+                out = self._forward(image_t, text_t)
         return np.asarray(out, dtype=np.float32)
 
+    @property
+    def compiled_batch_sizes(self) -> tuple[int, ...]:
+        """One batch size per program compiled for the text encoder (see CompiledText):
+        the smallest that runs it, so the one padded most (1, 2, 3, 5, 9, 17 for programs
+        of 1, 2, 4, 8, 16, 32 rows); empty when the text encoder is not compiled."""
+        return tuple(rows // 2 + 1 for rows in sorted(self._compiled_rows))
+
     def warm_up(self, batch_sizes: Iterable[int] = (1, 8)) -> None:
-        """Run the compiled function once per size so the first request pays no tracing."""
+        """Run the compiled function once per size so the first request pays no tracing;
+        with a compiled text encoder, also compile it for each size's token rows."""
         h, w = self.image_size
         for n in batch_sizes:
+            if self._compiled is not None:
+                self._compiled_rows.add(token_rows(n))
             self.predict(np.zeros((n, h, w, 3), np.float32), [""] * n)
+
+
+def token_rows(n: int) -> int:
+    """The rows a batch of ``n`` texts is padded to for the compiled text encoder: the
+    next power of two, so that a handful of compiled shapes covers every batch size."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+class CompiledText:
+    """The model's forward pass with its recurrent text encoder compiled by XLA.
+
+    A recurrent layer runs one step per token position as a loop of small operations;
+    at the batch sizes a service sees, that loop's per-step overhead, not the arithmetic,
+    is most of its cost on a CPU, and XLA fuses it away. The text strings still go
+    through the TextVectorization layer in the ordinary graph (XLA has no string
+    operations); only the token ids onward (embedding and recurrent layers) are
+    compiled, and the image tower and head run as before. XLA compiles one program per
+    input shape, so the token rows are padded to a power of two (padding rows are masked
+    and dropped: each row is computed independently) and only the shapes compiled during
+    warm-up are used: a larger batch runs the ordinary graph instead of waiting for a
+    compile. The golden check replays training's examples through this path.
+    """
+
+    def __init__(self, vectorize: Any, encode: Any, rest: Any, image_size: tuple[int, int]):
+        import tensorflow as tf
+
+        h, w = image_size
+        encode_xla = tf.function(lambda tokens: encode(tokens, training=False), jit_compile=True)
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[
+                tf.TensorSpec([None, h, w, 3], tf.float32, name="image"),
+                tf.TensorSpec([None, 1], tf.string, name="text"),
+                tf.TensorSpec([], tf.int32, name="rows"),
+            ],
+            reduce_retracing=True,
+        )
+        def forward(image: Any, text: Any, rows: Any) -> Any:
+            tokens = vectorize(text)
+            n = tf.shape(tokens)[0]
+            features = encode_xla(tf.pad(tokens, [[0, rows - n], [0, 0]]))[:n]
+            return rest([image, features], training=False)
+
+        self.forward = forward
+
+    @classmethod
+    def of(cls, model: Any, image_size: tuple[int, int]) -> CompiledText | None:
+        """Split ``model`` at its text encoder, or ``None`` (logged) when it has no
+        recurrent text encoder of the shape the trainer builds: a sub-model fed by the
+        ``text`` input that starts with a TextVectorization layer."""
+        import keras
+
+        for layer in model.layers:
+            if not isinstance(layer, keras.Model):
+                continue
+            vectorizers = [
+                inner for inner in layer.layers if isinstance(inner, keras.layers.TextVectorization)
+            ]
+            recurrent = any(
+                isinstance(inner, (keras.layers.RNN, keras.layers.Bidirectional))
+                for inner in layer.layers
+            )
+            if len(vectorizers) != 1 or not recurrent:
+                continue
+            try:
+                (node,) = layer._inbound_nodes  # where the outer graph calls the encoder
+                (text_input,) = node.input_tensors
+                (features,) = node.output_tensors
+                others = [x for x in model.inputs if x is not text_input]
+                if len(others) != 1 or len(model.inputs) != 2:
+                    raise ValueError("expected the inputs image and text, the text encoder's")
+                encode = keras.Model(vectorizers[0].output, layer.output)
+                rest = keras.Model([*others, features], model.output)
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.info("text encoder left uncompiled: cannot split the model (%s)", exc)
+                return None
+            return cls(vectorizers[0], encode, rest, image_size)
+        log.info("text encoder left uncompiled: the model has no recurrent text encoder")
+        return None

@@ -22,12 +22,16 @@ class GoldenReport:
     examples: int
     max_abs_diff: float
     tolerance: float
+    batch_sizes: tuple[int, ...] = ()
+    """The batch sizes the examples were also replayed at, as one batch each."""
 
 
 def verify_golden(
     classifier: Classifier, version: ModelVersion, tolerance: float = GOLDEN_TOLERANCE
 ) -> GoldenReport:
-    """Replay the golden examples one by one; raise :class:`ArtifactError` on any drift."""
+    """Replay the golden examples one by one, then as one batch at each of the
+    classifier's ``compiled_batch_sizes`` (if it has any: one size per program it compiled;
+    the examples repeated to fill each); raise :class:`ArtifactError` on any drift."""
     golden = load_golden(version.path)
     if not golden.examples:
         raise ArtifactError(f"{version.path}: the golden set is empty")
@@ -35,12 +39,11 @@ def verify_golden(
     # without an image or a text prove them as well.
     blanks = declared_blanks(classifier.metadata.preprocessing, classifier.image_size)
     worst = 0.0
-    for i, ex in enumerate(golden.examples):
-        try:
-            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size, blanks.image)
-        except OSError as exc:
-            raise ArtifactError(f"golden example {i}: cannot read {ex.image}: {exc}") from exc
-        probs = classifier.predict(pixels[None], [ex.text])[0]
+    inputs = []
+
+    def check(i: int, probs: np.ndarray, batch: str = "") -> None:
+        nonlocal worst
+        ex = golden.examples[i]
         expected = np.asarray(ex.probabilities, dtype=np.float32)
         if probs.shape != expected.shape:
             raise ArtifactError(
@@ -51,7 +54,23 @@ def verify_golden(
         worst = max(worst, diff)
         if diff > tolerance:
             raise ArtifactError(
-                f"golden example {i} ({ex.image}, {ex.text!r}) differs from training by "
+                f"golden example {i} ({ex.image}, {ex.text!r}){batch} differs from training by "
                 f"{diff:.3e} (tolerance {tolerance:.0e}): serving does not reproduce training"
             )
-    return GoldenReport(len(golden.examples), worst, tolerance)
+
+    for i, ex in enumerate(golden.examples):
+        try:
+            pixels = golden_pixels(version.golden_dir, ex, classifier.image_size, blanks.image)
+        except OSError as exc:
+            raise ArtifactError(f"golden example {i}: cannot read {ex.image}: {exc}") from exc
+        inputs.append(pixels)
+        check(i, classifier.predict(pixels[None], [ex.text])[0])
+    sizes: tuple[int, ...] = tuple(getattr(classifier, "compiled_batch_sizes", ()))
+    for size in sizes:
+        order = [k % len(inputs) for k in range(size)]
+        probs = classifier.predict(
+            np.stack([inputs[k] for k in order]), [golden.examples[k].text for k in order]
+        )
+        for row, k in enumerate(order):
+            check(k, probs[row], f" in a batch of {size}")
+    return GoldenReport(len(golden.examples), worst, tolerance, sizes)

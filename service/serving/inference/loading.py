@@ -13,7 +13,12 @@ log = logging.getLogger("mmserve.loading")
 
 
 def load_verified(
-    version: ModelVersion, device: str, *, warm_up_batch: int, golden_tolerance: float
+    version: ModelVersion,
+    device: str,
+    *,
+    warm_up_batch: int,
+    golden_tolerance: float,
+    compile_text: bool = False,
 ) -> TFClassifier:
     """Load ``version`` on ``device``, compile and warm it up, and replay its golden
     examples; raise :class:`~service.errors.ServiceError` when any step fails.
@@ -23,18 +28,26 @@ def load_verified(
     log.info(
         "loading %s version %d from %s on %s", version.name, version.version, version.path, device
     )
-    classifier = TFClassifier(version, device)
+    classifier = TFClassifier(version, device, compile_text=compile_text)
     # Every batch size the batcher can form, not just the extremes: the CPU kernels cache
     # one primitive (and its scratch memory) per input shape, so a size first met under
     # load would cost that request its creation time and grow the process's memory then.
     started = time.perf_counter()
     classifier.warm_up(range(1, warm_up_batch + 1))
-    log.info("warmed up batch sizes 1-%d in %.2f s", warm_up_batch, time.perf_counter() - started)
+    log.info(
+        "warmed up batch sizes 1-%d in %.2f s%s",
+        warm_up_batch,
+        time.perf_counter() - started,
+        " (text encoder compiled)" if classifier.compiled_batch_sizes else "",
+    )
     report = verify_golden(classifier, version, golden_tolerance)
     log.info(
-        "golden check passed: %d examples reproduce training within %.1e (tolerance %.0e)",
+        "golden check passed: %d examples reproduce training within %.1e (tolerance %.0e)%s",
         report.examples,
         report.max_abs_diff,
         report.tolerance,
+        f", one by one and in batches of {', '.join(map(str, report.batch_sizes))}"
+        if report.batch_sizes
+        else "",
     )
     return classifier
