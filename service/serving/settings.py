@@ -84,12 +84,13 @@ class Settings(BaseSettings):
         "while the model is busy are batched together up to this size.",
     )
     max_batch_delay_ms: float = Field(
-        5.0,
+        10.0,
         ge=0,
         le=1000,
         description="Longest a ready batch waits for requests that are already being decoded "
         "to join it. Never applies when no request is on its way, so an idle service adds no "
-        "delay. 0: never wait.",
+        "delay. 0: never wait. 10 ms measured 4-6% more throughput than 5 ms at concurrency "
+        "8 to 64 (bigger batches: a model call has a fixed cost); 20 ms no more than 10.",
     )
     max_queue_items: int = Field(
         256,
