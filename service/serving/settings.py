@@ -149,11 +149,13 @@ class Settings(BaseSettings):
         "it must hold a key.",
     )
     decode_threads: int = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
+        default_factory=lambda: max(2, (os.cpu_count() or 1) - 1),
         ge=1,
-        description="Threads that decode and resize images (default: one less than the "
-        "number of cores, at least 1, which leaves a core to the event loop; on 2 cores one "
-        "thread measured faster than two).",
+        description="Threads per worker that decode and resize images (default: one less "
+        "than the number of cores, at least 2). On 2 cores two threads per worker measured "
+        "6-15% more throughput than one at concurrency 32 and 64, with one worker and with "
+        "two: the images of a burst are decoded side by side, so they reach the next batch "
+        "together.",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="TensorFlow threads inside one op (0: TensorFlow chooses)."

@@ -165,7 +165,7 @@ RENDERED_FAULTS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
     ),
     "threads per worker": (
         lambda d: set_env(d, "MMSERVE_DECODE_THREADS", "4"),
-        "MMSERVE_DECODE_THREADS is not 1",
+        "MMSERVE_DECODE_THREADS is not 2",
     ),
     "workers from the node": (
         lambda d: set_env(d, "MMSERVE_WORKERS", "4"),
