@@ -285,6 +285,12 @@ def _meanings(report: BenchReport) -> list[str]:
     return lines
 
 
+def _encoder(model: dict[str, object]) -> str:
+    """', text encoder lstm' when the results name the model's text encoder."""
+    encoder = model.get("text_encoder")
+    return f", text encoder {encoder}" if encoder else ""
+
+
 def render_markdown(report: BenchReport, results_file: str) -> str:
     """``BENCHMARKS.md``: the latest run, what the rows mean, and how to reproduce it."""
     machine = report.machine
@@ -317,7 +323,8 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         f"({machine['cpu_model']}), {machine['ram_total_bytes'] / 1024**3:.1f} GiB RAM; "
         f"load generator: {generator}, on the same machine, sharing its CPUs. Model: "
         f"`{model['name']}` version {model['version']} (input {model['image_size'][0]}x"
-        f"{model['image_size'][1]}; {model.get('about', '')}). Inputs: {inputs['count']} "
+        f"{model['image_size'][1]}{_encoder(model)}; {model.get('about', '')}). Inputs: "
+        f"{inputs['count']} "
         f"distinct {inputs['side']}x{inputs['side']} JPEGs (quality {inputs['quality']}, mean "
         f"{inputs['mean_bytes'] / 1024:.1f} KiB) with short captions. Each level: "
         f"{config['warmup_s']} s warm-up (not counted), then {config['duration_s']} s "

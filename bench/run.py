@@ -108,9 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "labels": len(metadata.labels),
             "profile": config.model_profile.name,
             "about": config.model_profile.about,
-            "backbone": metadata.training.get("model", {}).get("backbone")
-            if isinstance(metadata.training, dict)
-            else None,
+            "backbone": _architecture(metadata.training, "backbone"),
+            "text_encoder": _architecture(metadata.training, "text_encoder"),
         },
         inputs={
             "count": len(samples),
@@ -163,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.write_markdown(result, config.markdown, _relative(results_file))
         print(f"wrote {config.markdown}")
     return 0
+
+
+def _architecture(training: object, key: str) -> object:
+    """One key of the model's architecture from its metadata's training record."""
+    return training.get("model", {}).get(key) if isinstance(training, dict) else None
 
 
 def _model(config: Config) -> model_store.ModelVersion:
