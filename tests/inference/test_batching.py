@@ -246,6 +246,27 @@ def test_ready_batch_waits_for_announced_requests() -> None:
     run(body)
 
 
+def test_requests_announced_during_the_wait_do_not_extend_it() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        # A delay far longer than the test: only the arrivals can end the wait.
+        batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=60)
+        with batcher.arriving(1) as first, batcher.arriving(1) as second:
+            ready = asyncio.create_task(batcher.predict(*item("a"), first))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert batcher.queued_items == 1  # held for the second, announced before
+            # A third is announced while the batch waits; it never arrives in this test.
+            with batcher.arriving(1):
+                late = asyncio.create_task(batcher.predict(*item("b"), second))
+                done = await asyncio.wait_for(asyncio.gather(ready, late), 10)
+        assert [out.tolist() for out in done] == [[[1, 0]], [[1, 0]]]
+        assert model.calls == [["a", "b"]]  # ran when the second came, not after 60 s
+        await batcher.close()
+
+    run(body)
+
+
 def test_announced_request_that_fails_early_ends_the_wait() -> None:
     async def body() -> None:
         model = GatedModel(gated=False)

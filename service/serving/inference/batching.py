@@ -7,7 +7,10 @@ items) runs as the next batch, so the batch size adapts to the load.
 Callers announce requests before their images are decoded (:meth:`arriving`). When a batch
 is ready while announced requests are still decoding, it waits for them, up to
 ``max_batch_delay``, so that bursts share one model call instead of trickling in one by
-one. Nothing waits on requests that are not on their way: an idle service adds no delay.
+one. It waits only for the requests announced by the time it was ready, not for those
+announced during the wait: under a steady stream of arrivals, there is always another one
+on its way, and waiting for it would hold every batch for the whole delay. Nothing waits
+on requests that are not on their way: an idle service adds no delay.
 
 The queue is bounded (``QueueFull`` -> 503 with Retry-After), every request has a deadline
 (``DeadlineExceeded`` -> 504), results are split back to each caller, a request whose
@@ -61,7 +64,7 @@ class _Job:
         return len(self.texts)
 
 
-@dataclass
+@dataclass(eq=False)
 class Arrival:
     """A request announced to the batcher before its images are ready."""
 
@@ -103,7 +106,7 @@ class AdaptiveBatcher:
         self._keep_sizes = keep_sizes
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
-        self._incoming = 0
+        self._on_the_way: set[Arrival] = set()  # announced, not queued nor given up
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmserve-model")
         self._task: asyncio.Task[None] | None = None
@@ -124,12 +127,12 @@ class AdaptiveBatcher:
     def arriving(self, items: int) -> Iterator[Arrival]:
         """Announce a request of ``items`` items that will call :meth:`predict` soon."""
         arrival = Arrival(items)
-        self._incoming += items
+        self._on_the_way.add(arrival)
         try:
             yield arrival
         finally:
             if not arrival.arrived:  # it failed before reaching the queue
-                self._incoming -= items
+                self._on_the_way.discard(arrival)
                 self._wakeup.set()
 
     def start(self) -> None:
@@ -162,7 +165,7 @@ class AdaptiveBatcher:
             self._observer.observe_queue(self._queued_items)
         if arrival is not None and not arrival.arrived:
             arrival.arrived = True
-            self._incoming -= arrival.items
+            self._on_the_way.discard(arrival)
         self._wakeup.set()
         try:
             done, _ = await asyncio.wait({future}, timeout=self.timeout)
@@ -189,16 +192,20 @@ class AdaptiveBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.max_batch_delay > 0 and self._incoming > 0 and not self._closed:
-                await self._gather(time.monotonic() + self.max_batch_delay)
+            if self.max_batch_delay > 0 and self._on_the_way and not self._closed:
+                await self._gather(set(self._on_the_way), time.monotonic() + self.max_batch_delay)
             batch = self._take()
             if batch:
                 await self._run(batch)
 
-    async def _gather(self, until: float) -> None:
-        """Hold a partial batch open while announced requests are on their way, until it is
-        full or ``until`` (monotonic) passes."""
-        while self._incoming > 0 and self._queued_items < self.max_batch_size and not self._closed:
+    async def _gather(self, awaited: set[Arrival], until: float) -> None:
+        """Hold a partial batch open while any of the ``awaited`` requests (those on their
+        way when it was ready) still is, until it is full or ``until`` (monotonic) passes."""
+        while (
+            not awaited.isdisjoint(self._on_the_way)
+            and self._queued_items < self.max_batch_size
+            and not self._closed
+        ):
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
