@@ -51,7 +51,7 @@ class FusedModel:
         def forward(image: Any, text: Any) -> Any:
             return model({"image": image, "text": text}, training=False)
 
-        self._forward = forward
+        self._forward = forward.get_concrete_function()  # called as the service calls it
         self._tf = tf
         for n in (1, 8, 32):
             self.predict(np.zeros((n, h, w, 3), np.float32), [""] * n)

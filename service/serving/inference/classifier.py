@@ -117,7 +117,10 @@ class TFClassifier:
         def forward(image: Any, text: Any) -> Any:
             return model({"image": image, "text": text}, training=False)
 
-        self._forward = forward
+        # Called as the one concrete function the signature gives: the tf.function wrapper
+        # would bind and look up its arguments on every call, 0.1-0.4 ms of CPU a call
+        # (measured on a batch of 1 to 8 on the development machine).
+        self._forward = forward.get_concrete_function()
         self._tf = tf
         # Token-row counts (powers of two) whose compiled text encoder is ready: see
         # CompiledText. Only warm_up adds to it, so no request ever waits for a compile.
@@ -198,7 +201,7 @@ class CompiledText:
             features = encode_xla(tf.pad(tokens, [[0, rows - n], [0, 0]]))[:n]
             return rest([image, features], training=False)
 
-        self.forward = forward
+        self.forward = forward.get_concrete_function()  # as TFClassifier's
 
     @classmethod
     def of(cls, model: Any, image_size: tuple[int, int]) -> CompiledText | None:
