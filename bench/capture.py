@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench import bodies, inputs, servers, wrk
-from service.serving.capture.segments import BLOCK, blocks
+from service.serving.capture.segments import IMAGES, folder_usage
 
 _READY_TIMEOUT_S = 180.0
 
@@ -51,12 +51,12 @@ def _metric(text: str, name: str) -> float:
 
 
 def _disk(folder: Path) -> tuple[int, int]:
+    """(bytes as the budget counts them, bytes the file system allocated)."""
     files = [p for p in folder.rglob("*") if p.is_file()]
-    images = [p for p in (folder / "images").iterdir() if p.is_dir()]
+    folders = [p for p in (folder / IMAGES).iterdir() if p.is_dir()]
     spares = list(folder.glob(".spare-w*"))  # folders of emptied files kept for reuse
-    counted = sum(blocks(p.stat().st_size) for p in [*files, *spares]) + BLOCK * len(images)
-    allocated = sum(p.stat().st_blocks * 512 for p in [*files, *images, *spares])
-    return counted, allocated
+    allocated = sum(p.stat().st_blocks * 512 for p in [*files, *folders, *spares])
+    return folder_usage(folder), allocated
 
 
 def run_phase(args: argparse.Namespace, body_list: Path, capture: Path | None) -> Phase:

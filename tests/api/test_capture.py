@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from service.serving.app import create_app
 from service.serving.capture import CaptureWriter
-from service.serving.capture.segments import BLOCK, SegmentStore, blocks
+from service.serving.capture.segments import BLOCK, SegmentStore, folder_usage
 from service.serving.settings import Settings
 from service.training.dataset import read_manifest
 from tests.support.fakes import BLUE, LABELS, RED, FakeClassifier, expected, image_bytes
@@ -172,13 +172,6 @@ def test_a_running_writer_writes_on_its_own_wakes_and_closes_old_segments(
         writer.close(timeout=10)
 
 
-def _store_usage(folder: Path) -> int:
-    """What the capture folder takes, counted as the budget counts it."""
-    files = sum(blocks(p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    spares = sum(blocks(p.stat().st_size) for p in folder.glob(".spare-w*"))
-    return files + spares + BLOCK * len([p for p in (folder / "images").iterdir() if p.is_dir()])
-
-
 def test_the_disk_budget_holds_and_the_oldest_segments_go_first(folder: Path) -> None:
     budget = 1024**2
     store = SegmentStore(folder, budget, segment_s=3600, worker=1, workers=2)
@@ -187,7 +180,7 @@ def test_the_disk_budget_holds_and_the_oldest_segments_go_first(folder: Path) ->
     for n in range(200):
         store.write(image, "jpg", {"text": f"row {n}", "label": ""})
         # (the open segment's rows are counted when written, before they reach the disk)
-        assert _store_usage(folder) <= store.used <= budget // 2
+        assert folder_usage(folder) <= store.used <= budget // 2
     store.close_open()
     assert store.pruned > 0
     texts = [str(r["text"]) for r in _rows(folder)]
@@ -215,7 +208,7 @@ def test_deleted_segments_lend_their_emptied_files_to_the_next_images(folder: Pa
         spares = list(store.spare_folder.iterdir())
         assert len(spares) <= store.spare_cap
         assert all(p.stat().st_size == 0 for p in spares), "a spare holds no bytes"
-        assert _store_usage(folder) <= store.used <= 1024**2
+        assert folder_usage(folder) <= store.used <= 1024**2
     store.close_open()
     assert store.pruned > 0
     rows = _rows(folder)
@@ -273,7 +266,7 @@ def test_a_segment_closes_when_old_and_a_restart_drops_only_its_unfinished_one(
     again.adopt()
     assert [r["text"] for r in _rows(folder)] == ["kept"]
     # What is on disk, less the other worker's open segment (its row not yet flushed).
-    assert again.used == _store_usage(folder) - (other.used - BLOCK)
+    assert again.used == folder_usage(folder) - (other.used - BLOCK)
     other.close_open()
     assert sorted(str(r["text"]) for r in _rows(folder)) == ["another worker's", "kept"]
 

@@ -230,7 +230,7 @@ def test_ready_batch_waits_for_announced_requests() -> None:
         # A delay far longer than the test: only the arrivals can end the wait.
         batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=60)
         with contextlib.ExitStack() as stack:
-            arrivals = [stack.enter_context(batcher.arriving(1)) for _ in range(3)]
+            arrivals = [stack.enter_context(batcher.arriving()) for _ in range(3)]
             first = asyncio.create_task(batcher.predict(*item("a"), arrivals[0]))
             for _ in range(20):
                 await asyncio.sleep(0)
@@ -251,13 +251,13 @@ def test_requests_announced_during_the_wait_do_not_extend_it() -> None:
         model = GatedModel(gated=False)
         # A delay far longer than the test: only the arrivals can end the wait.
         batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=60)
-        with batcher.arriving(1) as first, batcher.arriving(1) as second:
+        with batcher.arriving() as first, batcher.arriving() as second:
             ready = asyncio.create_task(batcher.predict(*item("a"), first))
             for _ in range(20):
                 await asyncio.sleep(0)
             assert batcher.queued_items == 1  # held for the second, announced before
             # A third is announced while the batch waits; it never arrives in this test.
-            with batcher.arriving(1):
+            with batcher.arriving():
                 late = asyncio.create_task(batcher.predict(*item("b"), second))
                 done = await asyncio.wait_for(asyncio.gather(ready, late), 10)
         assert [out.tolist() for out in done] == [[[1, 0]], [[1, 0]]]
@@ -271,8 +271,8 @@ def test_announced_request_that_fails_early_ends_the_wait() -> None:
     async def body() -> None:
         model = GatedModel(gated=False)
         batcher = AdaptiveBatcher(model, max_batch_delay=60)
-        with batcher.arriving(1) as mine:
-            with pytest.raises(ValueError), batcher.arriving(1):
+        with batcher.arriving() as mine:
+            with pytest.raises(ValueError), batcher.arriving():
                 task = asyncio.create_task(batcher.predict(*item("ok"), mine))
                 for _ in range(20):
                     await asyncio.sleep(0)
@@ -288,7 +288,7 @@ def test_nothing_waits_when_no_request_is_on_its_way() -> None:
     async def body() -> None:
         model = GatedModel(gated=False)
         batcher = AdaptiveBatcher(model, max_batch_delay=60)
-        with batcher.arriving(1) as arrival:
+        with batcher.arriving() as arrival:
             out = await asyncio.wait_for(batcher.predict(*item("solo"), arrival), 10)
         assert out.tolist() == [[4, 0]]
         await batcher.close()

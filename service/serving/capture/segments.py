@@ -59,6 +59,16 @@ def blocks(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
+def folder_usage(folder: Path) -> int:
+    """What a capture folder holds, counted from the disk as the budget counts it: every
+    file in whole blocks, one block per image folder and the spare folders' own size (for
+    checks and reports; the writer keeps its own running total)."""
+    files = sum(blocks(p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    spares = sum(blocks(p.stat().st_size) for p in folder.glob(".spare-w*"))
+    images = folder / IMAGES
+    return files + spares + BLOCK * sum(1 for p in images.iterdir() if p.is_dir())
+
+
 @dataclass
 class _Segment:
     stem: str
@@ -204,13 +214,8 @@ class SegmentStore:
                 os.rename(spare, path)
             except FileNotFoundError:  # deleted by someone else: try the next one
                 continue
-            fd = os.open(path, os.O_WRONLY)  # not O_TRUNC: it is empty (see _recycle)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            with open(path, "r+b") as file:  # not "wb" (O_TRUNC): it is empty (see _recycle)
+                file.write(data)
             return
         with open(path, "xb") as file:
             file.write(data)

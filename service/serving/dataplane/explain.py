@@ -55,7 +55,7 @@ async def explain_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     note_items(3 * n)
     classifier = runtime.classifier
     blanks = blanks_of(classifier)
-    with runtime.batcher.arriving(3 * n) as arrival:
+    with runtime.batcher.arriving() as arrival:
         images, texts = await model_inputs(runtime, items, blanks)
         blank_images = np.broadcast_to(blanks.image, images.shape)
         probabilities = await runtime.batcher.predict(

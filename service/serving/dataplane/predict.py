@@ -30,7 +30,7 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     """Probabilities ``[N, C]`` for the items, in order, through the runtime's decoder and
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log
-    with runtime.batcher.arriving(len(items)) as arrival:
+    with runtime.batcher.arriving() as arrival:
         images, texts = await model_inputs(runtime, items, blanks_of(runtime.classifier))
         probabilities = await runtime.batcher.predict(images, texts, arrival)
     model = runtime.classifier

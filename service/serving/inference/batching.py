@@ -68,7 +68,6 @@ class _Job:
 class Arrival:
     """A request announced to the batcher before its images are ready."""
 
-    items: int
     arrived: bool = False
 
 
@@ -124,9 +123,9 @@ class AdaptiveBatcher:
         return self._queued_items >= self.max_queue_items
 
     @contextlib.contextmanager
-    def arriving(self, items: int) -> Iterator[Arrival]:
-        """Announce a request of ``items`` items that will call :meth:`predict` soon."""
-        arrival = Arrival(items)
+    def arriving(self) -> Iterator[Arrival]:
+        """Announce a request that will call :meth:`predict` soon."""
+        arrival = Arrival()
         self._on_the_way.add(arrival)
         try:
             yield arrival
