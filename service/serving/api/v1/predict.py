@@ -114,9 +114,9 @@ async def predict_one(
     """One multipart ``image`` + ``text`` pair (either may be left out) through ``runtime``."""
     if media_type(request) != MULTIPART:
         raise unsupported(request, MULTIPART)
-    async with read_form(request, _SINGLE_MAX_PARTS) as form:
-        items = await form_items(form, settings.max_text_chars)
-        top_k = form_top_k(form, top_k)
+    form = await read_form(request, _SINGLE_MAX_PARTS)
+    items = form_items(form, settings.max_text_chars)
+    top_k = form_top_k(form, top_k)
     if len(items) > 1:
         raise UnprocessableInput(
             f"{len(items)} image+text pairs sent: send one, or use the /batch route"
@@ -145,9 +145,9 @@ async def predict_many(
     limit = settings.max_batch_items
     kind = media_type(request)
     if kind == MULTIPART:
-        async with read_form(request, limit) as form:
-            items = await form_items(form, settings.max_text_chars)
-            top_k = form_top_k(form, top_k)
+        form = await read_form(request, limit)
+        items = form_items(form, settings.max_text_chars)
+        top_k = form_top_k(form, top_k)
     elif kind == JSON:
         items, json_top_k = await read_json_batch(request, limit, settings.max_text_chars)
         top_k = json_top_k if json_top_k is not None else top_k
