@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+import math
+import time
+from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 LogFormat = Literal["json", "text"]
@@ -26,6 +29,50 @@ _STANDARD_ATTRS = frozenset(
 # Built once: json.dumps with any option builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
+def log_time(created: float) -> str:
+    """``created`` (seconds since the epoch) as UTC ISO-8601 to the millisecond; the text up
+    to the second is kept from one call to the next."""
+    global _second
+    second, micros = divmod(round(created * 1_000_000), 1_000_000)
+    cached, text = _second
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}.{micros // 1000:03d}+00:00"
+
+
+def _json_value(value: object) -> str:
+    """``value`` as :data:`_ENCODER` writes it, the common types without its machinery."""
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float.__repr__(value)
+    return _ENCODER.encode(value)
+
+
+def json_line(level: str, logger: str, message: str, fields: Mapping[str, object]) -> str:
+    """The line :class:`JsonFormatter` writes for a record made now with these ``fields``
+    (its ``extra=``), built without the record."""
+    parts = [
+        '{"time":"',
+        log_time(time.time()),
+        '","level":',
+        encode_basestring_ascii(level),
+        ',"logger":',
+        encode_basestring_ascii(logger),
+        ',"message":',
+        encode_basestring_ascii(message),
+    ]
+    for key, value in fields.items():
+        parts += (",", encode_basestring_ascii(key), ":", _json_value(value))
+    parts.append("}")
+    return "".join(parts)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC, ISO-8601), ``level``, ``logger``,
@@ -33,7 +80,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": log_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -57,6 +104,47 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs. Besides records, it takes lines
+    already formatted (:meth:`write_line`): the access log's, one per request, skip building
+    a record and formatting it (about 40 us of CPU a request under load)."""
+
+    def write_line(self, line: str) -> None:
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(line + self.terminator)
+                self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": line}))
+
+
+def direct_handler(logger: logging.Logger, level: int = logging.INFO) -> LineHandler | None:
+    """The handler a ``level`` record of ``logger`` would reach, when it would reach that one
+    handler alone, it is ours, it writes JSON and no filter sits on the way: then
+    ``handler.write_line(json_line(...))`` writes what logging would have. None otherwise
+    (an application's own handlers or filters, text format, pytest's capture), and the
+    record must go through logging."""
+    found: LineHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if (
+                found is not None
+                or type(handler) is not LineHandler
+                or handler.filters
+                or handler.level > level
+                or type(handler.formatter) is not JsonFormatter
+            ):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
 def configure_logging(level: str, log_format: LogFormat = "json") -> None:
     """Set the ``mmserve`` loggers' level and, when the root logger has no handler (as under
     plain uvicorn), write them to stderr in ``log_format``. Safe to call more than once: a
@@ -70,7 +158,7 @@ def configure_logging(level: str, log_format: LogFormat = "json") -> None:
         return
     if logging.getLogger().handlers or logger.handlers:
         return
-    handler = logging.StreamHandler()
+    handler = LineHandler()
     handler.name = _HANDLER_NAME
     handler.setFormatter(formatter(log_format))
     logger.addHandler(handler)

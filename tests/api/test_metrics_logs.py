@@ -19,7 +19,13 @@ from prometheus_client.samples import Sample
 
 from service.model_store import ModelVersion
 from service.serving.app import create_app
-from service.serving.logging_setup import JsonFormatter, configure_logging
+from service.serving.logging_setup import (
+    JsonFormatter,
+    LineHandler,
+    configure_logging,
+    direct_handler,
+    json_line,
+)
 from service.serving.server import server_config
 from service.serving.settings import Settings
 from tests.support.fakes import GREEN, FakeClassifier, image_bytes
@@ -251,6 +257,121 @@ def test_configure_logging_writes_json_or_text(monkeypatch: pytest.MonkeyPatch) 
         for extra_handler in list(logger.handlers):
             logger.removeHandler(extra_handler)
         logger.setLevel(level)
+
+
+@pytest.fixture
+def own_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LineHandler, io.StringIO]]:
+    """The mmserve loggers configured as under ``mmserve serve`` (nothing on the root
+    logger), writing to a string. pytest adds its capture handlers to the root logger again
+    when the test itself runs: a test empties it with :func:`_root_bare` first."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    logger = logging.getLogger("mmserve")
+    level = logger.level
+    try:
+        configure_logging("info", "json")
+        [handler] = logger.handlers
+        assert isinstance(handler, LineHandler)
+        stream = io.StringIO()
+        handler.setStream(stream)
+        yield handler, stream
+    finally:
+        for extra_handler in list(logger.handlers):
+            logger.removeHandler(extra_handler)
+        logger.setLevel(level)
+
+
+def _root_bare(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+
+
+def _after_time(line: str) -> str:
+    head, _, rest = line.partition(",")
+    assert re.fullmatch(r'\{"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"', head), head
+    return rest
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"request_id": "ab" * 16, "method": "POST", "status": 200, "latency_ms": 2.126},
+        {"path": '/v1/\u00e9 "quoted" \\ \x7f \u2028', "items": 3, "model_version": 12},
+        {"ok": True, "none": None, "big": 10**20, "tiny": 1e-7, "inf": float("inf")},
+        {"list": [1, "a"], "object": Path("/x")},
+    ],
+    ids=["access", "escapes", "json-special", "fallback"],
+)
+def test_a_direct_line_is_the_formatters_line(fields: dict[str, Any]) -> None:
+    record = logging.LogRecord("mmserve.access", logging.INFO, "f", 1, "m \u00e9", (), None)
+    record.__dict__.update(fields)
+    by_formatter = JsonFormatter().format(record)
+    direct = json_line("info", "mmserve.access", "m \u00e9", fields)
+    assert _after_time(direct) == _after_time(by_formatter)
+    assert json.loads(direct)["time"][:4] == json.loads(by_formatter)["time"][:4]
+
+
+def test_the_access_line_skips_logging_only_when_nothing_else_would_see_it(
+    own_handler: tuple[LineHandler, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _root_bare(monkeypatch)
+    handler, _ = own_handler
+    access = logging.getLogger("mmserve.access")
+    assert direct_handler(access) is handler
+    checks: list[tuple[str, Any, Any]] = [
+        ("a filter on the access logger", access.addFilter, access.removeFilter),
+        ("a filter on the handler", handler.addFilter, handler.removeFilter),
+    ]
+    for name, add, remove in checks:
+        add(logging.Filter("elsewhere"))
+        try:
+            assert direct_handler(access) is None, name
+        finally:
+            remove(access.filters[0] if access.filters else handler.filters[0])
+    root = logging.getLogger()
+    extra = logging.StreamHandler(io.StringIO())
+    root.handlers = [extra]
+    assert direct_handler(access) is None  # an application's root handler sees records
+    root.handlers = []
+    handler.setFormatter(logging.Formatter())
+    assert direct_handler(access) is None  # text format: through logging
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.WARNING)
+    assert direct_handler(access) is None
+    handler.setLevel(logging.NOTSET)
+    assert direct_handler(access) is handler
+
+
+def test_served_requests_write_the_access_line_directly(
+    tmp_path: Path, own_handler: tuple[LineHandler, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _root_bare(monkeypatch)
+    handler, stream = own_handler
+    direct: list[str] = []
+    write_line = handler.write_line
+
+    def spy(line: str) -> None:
+        direct.append(line)
+        write_line(line)
+
+    monkeypatch.setattr(handler, "write_line", spy)
+    with TestClient(create_app(keyed_settings(tmp_path), classifier=FakeClassifier())) as client:
+        response = predict(client)
+        assert response.status_code == 200
+    [text] = [text for text in stream.getvalue().splitlines() if "mmserve.access" in text]
+    assert direct == [text]  # written without a log record
+    line = json.loads(text)
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["message"].startswith("POST /v1/predict 200 ")
+    assert {k: line[k] for k in ("route", "status", "items", "model", "model_version")} == {
+        "route": "/v1/predict",
+        "status": 200,
+        "items": 1,
+        "model": "fake",
+        "model_version": 3,
+    }
+    assert list(line) == [
+        *("time", "level", "logger", "message", "request_id", "method", "route", "path"),
+        *("status", "latency_ms", "items", "model", "model_version"),
+    ]
 
 
 def test_exception_is_logged_as_json_field() -> None:

@@ -28,6 +28,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.serving.api.state import app_state
+from service.serving.logging_setup import direct_handler, json_line
 from service.serving.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 log = logging.getLogger("mmserve.access")
@@ -131,7 +132,12 @@ class RequestLog:
             if record.model is not None:
                 fields["model"] = record.model
                 fields["model_version"] = record.model_version
-            log.info("%s %s %d %.1fms", method, path, status, latency_ms, extra=fields)
+            message = f"{method} {path} {status} {latency_ms:.1f}ms"
+            handler = direct_handler(log)
+            if handler is not None:
+                handler.write_line(json_line("info", log.name, message, fields))
+            else:
+                log.info("%s", message, extra=fields)
 
     def _route(self, scope: Scope) -> str:
         """The template of the route that served the request. A request refused before
