@@ -9,6 +9,8 @@ JSON error body:
   after the connection opened, for a client that sends nothing) gets 408 and is closed;
 - a request whose body is not complete ``body_timeout_s`` after its headers gets 408 and
   is closed, unless its response has already started (then the connection is just closed);
+- a response's head and body leave in one send (:class:`CoalescedWrites`): uvicorn writes
+  them one after the other, which costs a second system call and TCP segment per answer;
 - a model request (POST) that admission control refuses
   (:mod:`service.serving.api.middleware.admission`) is answered 503 with ``Retry-After``
   here, as soon as its headers are parsed: no request task, no ASGI call. It is counted,
@@ -87,6 +89,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Every write of this connection, uvicorn's and the response cycles', goes through
+        # the one wrapper, so they keep their order.
+        self.transport = cast(asyncio.Transport, CoalescedWrites(transport, self.loop))
         if len(self.connections) > self.max_connections:
             CONNECTIONS_CLOSED.labels("limit").inc()
             self._refuse(
@@ -224,3 +229,50 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
+
+
+class CoalescedWrites:
+    """A transport whose writes within one pass of the event loop leave together: a write
+    is held until the next write (sent with it, at once), a close, or the end of the pass.
+
+    uvicorn writes a response's head as soon as the app starts the response and its body
+    right after: two sends, two TCP segments, two wake-ups of the client. Held this way, the
+    head leaves with the body. Nothing waits longer than the current pass of the loop, and
+    order is kept, since every write of the connection goes through here.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self._flush_if_open)
+        else:
+            self._held = None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def _flush_if_open(self) -> None:
+        if self._transport.is_closing():  # the client went away meanwhile
+            self._held = None
+        else:
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, abort...
+        return getattr(self._transport, name)

@@ -3,6 +3,7 @@ connections (503), on a real server with ``mmserve serve``'s configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from service.serving.app import create_app
+from service.serving.connections import CoalescedWrites
 from service.serving.settings import Settings
 from tests.support.fakes import FakeClassifier, image_bytes
 from tests.support.live import (
@@ -127,3 +129,80 @@ def test_connections_beyond_the_cap_are_refused_at_once(port: int) -> None:
             break
         except (httpx.HTTPError, AssertionError):
             assert time.monotonic() < deadline
+
+
+class _Transport:
+    """What a socket transport was asked to do."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.sent.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_writes_within_one_pass_of_the_loop_leave_together() -> None:
+    async def scenario() -> list[list[bytes]]:
+        transport = _Transport()
+        writes = CoalescedWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        seen = []
+        writes.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a head: held
+        seen.append(list(transport.sent))
+        writes.write(b"{}")  # its body: both leave now, in one send
+        seen.append(list(transport.sent))
+        writes.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # alone: leaves at the end of the pass
+        seen.append(list(transport.sent))
+        await asyncio.sleep(0)
+        seen.append(list(transport.sent))
+        writes.write(b"last")
+        writes.close()  # sends what is held before closing
+        seen.append(list(transport.sent))
+        assert transport.closed and writes.is_closing()
+        return seen
+
+    head, body, cont = b"HTTP/1.1 200 OK\r\n\r\n", b"{}", b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert asyncio.run(scenario()) == [
+        [],
+        [head + body],
+        [head + body],
+        [head + body, cont],
+        [head + body, cont, b"last"],
+    ]
+
+
+def test_a_write_held_when_the_client_goes_away_is_dropped() -> None:
+    async def scenario() -> list[bytes]:
+        transport = _Transport()
+        writes = CoalescedWrites(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writes.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.closed = True  # the connection was lost before the end of the pass
+        await asyncio.sleep(0)
+        return transport.sent
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    """Two requests in one packet, through the held writes: two complete responses, in
+    order (the second one's head never leaves before the first one's body)."""
+    with connect(port) as sock:
+        sock.sendall(
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /v1/models/nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        data = b""
+        deadline = time.monotonic() + 5
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+            assert time.monotonic() < deadline, data
+            data += sock.recv(65536)
+    first, _, second = data.partition(b"HTTP/1.1 404")
+    assert first.startswith(b"HTTP/1.1 200") and b'"status"' in first
+    assert b"not_found" in second
