@@ -91,3 +91,38 @@ def test_the_fastapi_route_still_documents_the_endpoint(client: TestClient) -> N
     operation = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]
     assert "multipart/form-data" in operation["requestBody"]["content"]
     assert set(operation["responses"]) >= {"200", "415", "422", "503"}
+
+
+def test_the_plain_route_names_itself_and_templates_are_ready_before_the_first_request(
+    settings: Settings, fake: FakeClassifier, taken: list[int]
+) -> None:
+    """Requests are labelled by the route that served them, read from the scope; the
+    templates (for requests refused before routing) are built at start-up, not on the
+    first request that needs them (the OpenAPI document: tens of milliseconds)."""
+    app = create_app(settings, classifier=fake)
+    request_log = app_state(app).request_log
+    assert request_log is not None
+    built: list[int] = []
+    templates = request_log._templates
+    assert templates is not None
+
+    def counting() -> Any:
+        built.append(1)
+        return templates()
+
+    request_log._templates = counting
+    series = 'mmserve_http_requests_total{method="POST",route="/v1/predict",status="200"} '
+
+    def served(client: TestClient) -> float:
+        lines = client.get("/metrics").text.splitlines()
+        return sum(float(line[len(series) :]) for line in lines if line.startswith(series))
+
+    with TestClient(app) as client:
+        assert app.openapi_schema is not None  # built while starting
+        at_start = len(built)
+        before = served(client)
+        for _ in range(3):
+            assert _post(client, **_pair()).status_code == 200
+        assert taken == [1, 1, 1]
+        assert len(built) == at_start == 1  # no request looked the route up again
+        assert served(client) == before + 3

@@ -139,6 +139,12 @@ class RequestLog:
             else:
                 log.info("%s", message, extra=fields)
 
+    def prepare(self) -> None:
+        """Build the route templates now (the app's OpenAPI document, tens of ms), not in
+        the first request that needs them."""
+        if self._templates is not None:
+            self._templates()
+
     def _route(self, scope: Scope) -> str:
         """The template of the route that served the request. A request refused before
         routing (e.g. a body over the size limit) is matched against the templates."""

@@ -46,7 +46,10 @@ class PlainPredictRoute(Route):
         settings = state.settings
         if settings is None or settings.api_key_set or state.registry is None or state.draining:
             return Match.NONE, {}  # the FastAPI route's dependencies answer these
-        return super().matches(scope)
+        match, child_scope = super().matches(scope)
+        if match is Match.FULL:
+            child_scope["route"] = self  # as FastAPI's routes do: metrics and log read it
+        return match, child_scope
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = app_state(scope["app"])
