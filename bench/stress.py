@@ -3,9 +3,10 @@
 
 Three scenarios, each bounded in time, loopback only:
 
-1. overload: ``--overload-connections`` closed-loop connections against a service started
-   with a small queue, for ``--seconds``; every answer must be 200 or 503 with
-   Retry-After, and the 503s' latency is reported separately from the 200s';
+1. overload: ``--connections`` closed-loop connections against a service started with a
+   small queue, for ``--seconds``; every answer must be 200 or 503 with Retry-After, and
+   the 503s' latency is reported separately from the 200s'. By default a refused client
+   asks again at once; with ``--honour-retry-after`` it waits as long as the 503 says;
 2. many connections: ``--many`` (1,000) concurrent connections against the default
    settings: the accepted requests' p99 and how fast the rest were refused;
 3. trickle: ``--trickle`` (500) connections that send their headers one byte a second,
@@ -81,19 +82,27 @@ class Tally:
 
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool, bool]:
-    """Send one request; (status, keep the connection, has Retry-After)."""
+) -> tuple[int, bool, float | None]:
+    """Send one request; (status, keep the connection, its Retry-After in seconds)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:] if line)}
     await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection") != "close", "retry-after" in headers
+    retry_after = headers.get("retry-after")
+    return status, headers.get("connection") != "close", _seconds(retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return 0.0  # present, but not a number of seconds
 
 
 async def _closed_loop(
-    port: int, requests: list[bytes], until: float, tally: Tally, i: int
+    port: int, requests: list[bytes], until: float, tally: Tally, i: int, honour: bool
 ) -> None:
     reader = writer = None
     n = i
@@ -105,14 +114,16 @@ async def _closed_loop(
             assert reader is not None
             status, keep, retry_after = await _exchange(reader, writer, requests[n % len(requests)])
         except (OSError, asyncio.IncompleteReadError, ValueError):
-            status, keep, retry_after = 0, False, True
+            status, keep, retry_after = 0, False, 0.0
         tally.latencies[status].append((time.perf_counter() - started) * 1000)
-        if status == 503 and not retry_after:
+        if status == 503 and retry_after is None:
             tally.missing_retry_after += 1
         if not keep and writer is not None:
             writer.close()
             writer = None
         n += 1
+        if honour and status == 503 and retry_after:
+            await asyncio.sleep(min(retry_after, until - time.monotonic()))
     if writer is not None:
         writer.close()
 
@@ -130,16 +141,21 @@ def _tree_cpu(pid: int) -> float:
 
 
 async def closed_loop(
-    port: int, connections: int, seconds: float, pid: int | None
+    port: int, connections: int, seconds: float, pid: int | None, honour: bool = False
 ) -> dict[str, object]:
     requests = _bodies()
     tally = Tally()
     cpu0 = _tree_cpu(pid) if pid else 0.0
     until = time.monotonic() + seconds
     await asyncio.gather(
-        *(_closed_loop(port, requests, until, tally, i) for i in range(connections))
+        *(_closed_loop(port, requests, until, tally, i, honour) for i in range(connections))
     )
-    result = {"connections": connections, "seconds": seconds, **tally.summary()}
+    result = {
+        "connections": connections,
+        "seconds": seconds,
+        "honour_retry_after": honour,
+        **tally.summary(),
+    }
     if pid:
         result["server_cpu_s"] = round(_tree_cpu(pid) - cpu0, 2)
     return result
@@ -205,11 +221,20 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="a refused client waits as long as its 503's Retry-After says (default: at once)",
+    )
     args = parser.parse_args()
     if args.scenario == "trickle":
         result = eventloop.run(trickle(args.port, args.connections, args.seconds))
     else:
-        result = eventloop.run(closed_loop(args.port, args.connections, args.seconds, args.pid))
+        result = eventloop.run(
+            closed_loop(
+                args.port, args.connections, args.seconds, args.pid, args.honour_retry_after
+            )
+        )
     result = {"scenario": args.scenario, **result}
     text = json.dumps(result, indent=2)
     print(text)
