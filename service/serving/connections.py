@@ -1,7 +1,7 @@
 """Connection guards for ``mmserve serve``: a cap on open connections and read deadlines.
 
-uvicorn's HTTP protocol (httptools) with four additions, each answered with the service's
-JSON error body:
+uvicorn's HTTP protocol (httptools) with five additions (its refusals answered with the
+service's JSON error body):
 
 - a connection opened while ``max_connections`` are open gets 503 and is closed at once,
   so idle or slow clients cannot exhaust the process's file descriptors;

@@ -10,7 +10,6 @@ and the number of requests in flight. For the bench's 13 KiB request, parsing co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -35,8 +34,9 @@ MAX_FIELD_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One part of the body: a file (``filename`` given, ``data`` its bytes) or a field
-    (``text`` its value, decoded in the part's charset, UTF-8 when it names none)."""
+    """One part of the body: a file (its Content-Disposition has a ``filename``; ``data``
+    holds its bytes) or a field (``text`` holds its value, decoded in the charset its
+    Content-Type names, UTF-8 when it names none)."""
 
     name: str
     data: bytes
@@ -60,9 +60,6 @@ class Form:
 
     def get(self, name: str) -> Part | None:
         return next((part for part in self.parts if part.name == name), None)
-
-    def __iter__(self) -> Iterator[Part]:
-        return iter(self.parts)
 
 
 class _Reader:
