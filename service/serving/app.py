@@ -87,8 +87,6 @@ def create_app(
         state.registry = registry
         registry.watch(active.reload_poll_s)
         await changes.started(registry, generation)
-        if state.request_log is not None:
-            state.request_log.prepare()
         if active.gc_freeze:
             heap.freeze()
         for model in registry.models.values():

@@ -140,8 +140,8 @@ class RequestLog:
                 log.info("%s", message, extra=fields)
 
     def prepare(self) -> None:
-        """Build the route templates now (the app's OpenAPI document, tens of ms), not in
-        the first request that needs them."""
+        """Build the route templates now (the app's OpenAPI document, about 0.1 s), not in
+        the first request that needs them: the server does before serving."""
         if self._templates is not None:
             self._templates()
 
