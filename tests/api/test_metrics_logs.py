@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from service.model_store import ModelVersion
+from service.serving.api.middleware.observability import new_request_id
 from service.serving.app import create_app
 from service.serving.logging_setup import (
     JsonFormatter,
@@ -192,6 +195,24 @@ def test_request_id_is_generated_when_absent_or_unacceptable(
     [line] = access_records(caplog)
     assert line["request_id"] == request_id
     assert "items" not in line and "model" not in line
+
+
+def test_new_request_ids_are_distinct_uuid4_hex_without_a_system_call(
+    keyed: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [new_request_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids[:500]:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.hex, parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)
+
+    def no_urandom(size: int) -> bytes:
+        raise AssertionError("os.urandom called for a request id")
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    response = keyed.get("/v1/models", headers=AUTH)
+    assert response.status_code == 200
+    assert HEX_ID.fullmatch(response.headers["x-request-id"])
 
 
 def test_request_id_is_echoed_on_errors(keyed: TestClient) -> None:
