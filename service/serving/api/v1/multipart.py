@@ -160,8 +160,7 @@ class _Reader:
         self._chunks.append(data[start:end])
 
     def _part_end(self) -> None:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = b"".join(self._chunks)  # one chunk (the usual case) is returned as it is
         if self._is_file:
             self.parts.append(Part(self._name, data))
             return
