@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench import bodies, inputs, servers, wrk
-from service.serving.capture.segments import IMAGES, folder_usage
+from service.serving.capture.segments import folder_usage
 
 _READY_TIMEOUT_S = 180.0
 
@@ -52,10 +52,8 @@ def _metric(text: str, name: str) -> float:
 
 def _disk(folder: Path) -> tuple[int, int]:
     """(bytes as the budget counts them, bytes the file system allocated)."""
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    folders = [p for p in (folder / IMAGES).iterdir() if p.is_dir()]
-    spares = list(folder.glob(".spare-w*"))  # folders of emptied files kept for reuse
-    allocated = sum(p.stat().st_blocks * 512 for p in [*files, *folders, *spares])
+    # Every file and folder under it, hidden ones (segments being written, spares) included.
+    allocated = sum(p.stat().st_blocks * 512 for p in folder.rglob("*"))
     return folder_usage(folder), allocated
 
 

@@ -189,34 +189,41 @@ def test_the_disk_budget_holds_and_the_oldest_segments_go_first(folder: Path) ->
     assert images == {p.name for p in (folder / "images").iterdir()}, "no orphaned images"
 
 
-def test_deleted_segments_lend_their_emptied_files_to_the_next_images(folder: Path) -> None:
+def test_deleted_segments_lend_their_emptied_folders_to_the_next_images(folder: Path) -> None:
     rng = np.random.default_rng(1)
     sent: dict[str, bytes] = {}
 
-    def write(store: SegmentStore, n: int) -> None:
+    def write(store: SegmentStore, n: int, extension: str = "jpg") -> None:
         # Sizes that go up and down, so that a reused file that kept a longer past shows.
         image = rng.bytes(int(rng.integers(1_000, 40_000)))
         sent[f"row {n}"] = image
-        store.write(image, "jpg", {"text": f"row {n}", "label": ""})
+        store.write(image, extension, {"text": f"row {n}", "label": ""})
+
+    def spare_files() -> list[Path]:
+        return [p for p in store.spare_folder.rglob("*") if p.is_file()]
 
     store = SegmentStore(folder, 1024**2, segment_s=3600)
     store.adopt()
     written: set[int] = set()  # inode numbers of every image file written so far
     for n in range(120):
-        write(store, n)
-        written |= {p.stat().st_ino for p in (folder / "images").rglob("*.jpg")}
-        spares = list(store.spare_folder.iterdir())
-        assert len(spares) <= store.spare_cap
-        assert all(p.stat().st_size == 0 for p in spares), "a spare holds no bytes"
+        # Now and then a PNG, whose name the emptied JPEG of the same row does not have.
+        write(store, n, "png" if n % 17 == 5 else "jpg")
+        written |= {p.stat().st_ino for p in (folder / "images").rglob("*.*")}
+        assert len(list(store.spare_folder.iterdir())) <= 2
+        assert all(p.stat().st_size == 0 for p in spare_files()), "a spare holds no bytes"
         assert folder_usage(folder) <= store.used <= 1024**2
     store.close_open()
     assert store.pruned > 0
     rows = _rows(folder)
     for row in rows:
         assert (folder / str(row["image"])).read_bytes() == sent[str(row["text"])]
-    kept = {(folder / str(row["image"])).stat().st_ino for row in rows}
-    made = {p.stat().st_ino for p in store.spare_folder.iterdir()}
+    named = {str(row["image"]) for row in rows}
+    on_disk = {str(p.relative_to(folder)) for p in (folder / "images").rglob("*") if p.is_file()}
+    assert on_disk == named, "a closed segment's folder holds its images and nothing else"
     assert len(written) < 120, "later images were written into earlier files"
+    kept = {(folder / name).stat().st_ino for name in named}
+    made = {p.stat().st_ino for p in spare_files()}
+    assert made, "deleted segments left emptied files to reuse"
     # A restart takes the spares over and writes into them first.
     again = SegmentStore(folder, 1024**2, segment_s=3600)
     again.adopt()
@@ -230,23 +237,26 @@ def test_deleted_segments_lend_their_emptied_files_to_the_next_images(folder: Pa
 def test_spares_are_taken_over_emptied_and_those_of_workers_beyond_the_count_deleted(
     folder: Path,
 ) -> None:
-    (folder / ".spare-w1").mkdir(parents=True)
-    (folder / ".spare-w1" / "a-1").write_bytes(b"")
-    (folder / ".spare-w1" / "a-2").write_bytes(b"left by a crash")  # not empty: deleted
-    (folder / ".spare-w3").mkdir()  # a worker beyond the count of 2
-    (folder / ".spare-w3" / "b-1").write_bytes(b"")
+    spare = folder / ".spare-w1" / "a-1"
+    spare.mkdir(parents=True)
+    (spare / "000001.png").write_bytes(b"")
+    (spare / "000002.png").write_bytes(b"left by a crash")  # not empty: deleted
+    (folder / ".spare-w1" / "loose").write_bytes(b"")  # not a folder: deleted
+    (folder / ".spare-w3" / "b-1").mkdir(parents=True)  # a worker beyond the count of 2
     SegmentStore(folder, 1024**2, segment_s=60, worker=0, workers=2).adopt()
     assert not (folder / ".spare-w3").exists()
-    assert (folder / ".spare-w1" / "a-2").exists(), "worker 1's own, until worker 1 starts"
+    assert (spare / "000002.png").exists(), "worker 1's own, until worker 1 starts"
     one = SegmentStore(folder, 1024**2, segment_s=60, worker=1, workers=2)
     one.adopt()
     assert [p.name for p in one.spare_folder.iterdir()] == ["a-1"]
-    spare = (folder / ".spare-w1" / "a-1").stat().st_ino
+    assert [p.name for p in spare.iterdir()] == ["000001.png"]
+    inode = (spare / "000001.png").stat().st_ino
     one.write(image_bytes(), "png", {"text": "t", "label": ""})
     one.close_open()
     (row,) = _rows(folder)
-    assert (folder / str(row["image"])).stat().st_ino == spare
+    assert (folder / str(row["image"])).stat().st_ino == inode
     assert (folder / str(row["image"])).read_bytes() == image_bytes()
+    assert not one.spare_folder.joinpath("a-1").exists(), "the folder itself was taken over"
 
 
 def test_a_segment_closes_when_old_and_a_restart_drops_only_its_unfinished_one(

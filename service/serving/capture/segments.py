@@ -7,7 +7,7 @@ so that names sort by the time a segment was opened and no two processes share o
       <stem>.jsonl              a closed segment: whole rows, a valid manifest once labelled
       images/<stem>/000001.png  its images, named by the row's number and the image's format
       .<stem>.jsonl.tmp         the open segment, renamed to <stem>.jsonl when it closes
-      .spare-w<worker>/         emptied image files of deleted segments, kept for reuse
+      .spare-w<worker>/<id>/    the emptied image folder of a deleted segment, kept for reuse
 
 A segment closes when it holds a quarter of the worker's share of the budget, when it has
 been open ``segment_s`` seconds, and at shutdown; a reader never sees a half-written row,
@@ -17,24 +17,29 @@ a write would take the worker's files past its share (``max_bytes / workers``, e
 counted in whole 4 KiB blocks), its oldest closed segments are deleted, rows first, then
 images.
 
-A deleted segment's image files are emptied and moved to the worker's spare folder, and the
-next images are written into them: a file system creates a file at a cost that varies, and
-on some it grows with the files deleted before it (ext4 without a journal scans past every
-inode freed in the last half minute, about 100 µs per file at a few hundred files a second),
-where renaming and writing an emptied file costs the same whatever was deleted. The spare
-folder holds at most ``spare_cap`` files (none bigger than 0 bytes), its own size counted in
-the share; beyond that, images are deleted.
+A deleted segment's image files are emptied (their bytes freed) and its image folder,
+files and all, is moved to the worker's spare folder in one rename; the next segment takes
+that folder over, and its images are written into the emptied files of the same names.
+Writing an image is then an open, a write and a close: no file is created, renamed or
+deleted, and no folder changes, where a new file per image would cost a file system some
+directory and inode work per image, work that on some file systems grows with the files
+deleted before it (ext4 without a journal scans past every inode freed in the last half
+minute, about 100 µs per file at a few hundred files a second). Files of the taken-over
+folder that the segment did not write (it held fewer images, or one in another format)
+are deleted when it closes. At most ``_SPARE_FOLDERS`` folders are kept; their own sizes
+count in the share, their emptied files take no block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -47,7 +52,9 @@ _STEM = re.compile(r"capture-\d{8}T\d{12}Z-w(\d+)-\d+-\d{6}")
 _SEGMENTS_PER_SHARE = 4
 _PATH_BOUND = 256  # the "image" member of a row: images/<stem>/<n>.<ext>
 _SPARE = re.compile(r"\.spare-w(\d+)")
-_SPARE_CAP = 16384
+_SPARE_FOLDERS = 2
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_EMPTIED_FILE = os.O_WRONLY | os.O_NOFOLLOW
 
 
 class BudgetExceeded(Exception):
@@ -61,10 +68,11 @@ def blocks(size: int) -> int:
 
 def folder_usage(folder: Path) -> int:
     """What a capture folder holds, counted from the disk as the budget counts it: every
-    file in whole blocks, one block per image folder and the spare folders' own size (for
+    file in whole blocks, one block per image folder and the spare folders' own sizes (for
     checks and reports; the writer keeps its own running total)."""
     files = sum(blocks(p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    spares = sum(blocks(p.stat().st_size) for p in folder.glob(".spare-w*"))
+    spare_folders = [*folder.glob(".spare-w*"), *folder.glob(".spare-w*/*/")]
+    spares = sum(blocks(p.stat().st_size) for p in spare_folders if p.is_dir())
     images = folder / IMAGES
     return files + spares + BLOCK * sum(1 for p in images.iterdir() if p.is_dir())
 
@@ -77,6 +85,8 @@ class _Segment:
     rows: int = 0
     opened: float = 0.0  # monotonic
     file: IO[bytes] | None = None
+    images: str = ""  # its image folder
+    emptied: set[str] = field(default_factory=set)  # emptied files it came with, not yet written
 
 
 class SegmentStore:
@@ -98,9 +108,8 @@ class SegmentStore:
         self.pruned = 0
         """Closed segments deleted to keep to the budget, since start."""
         self.spare_folder = folder / f".spare-w{worker}"
-        self.spare_cap = min(_SPARE_CAP, self.share // (8 * BLOCK))
-        """Most emptied files kept for reuse (each costs a directory entry, not a block)."""
-        self._spares: list[str] = []
+        # Emptied image folders kept for reuse, each with the names of its (empty) files.
+        self._spares: list[tuple[str, set[str]]] = []
         self._spare_prefix = f"{time.time_ns():x}"  # new names never meet a kept one's
         self._spare_names = 0
         self._spare_cost = 0
@@ -151,7 +160,7 @@ class SegmentStore:
         name = f"{segment.rows:06d}.{extension}"
         # Written in place: no row names the file until its segment is renamed into place,
         # and a crash's half-written images go with their unfinished segment (adopt).
-        self._put(os.path.join(self.folder, IMAGES, segment.stem, name), image)
+        self._put(segment, name, image)
         segment.cost += blocks(len(image))
         path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
         data = f'{body}, "image": {path}}}\n'.encode()
@@ -173,11 +182,16 @@ class SegmentStore:
         return self._open.opened + self.segment_s - time.monotonic()
 
     def close_open(self) -> None:
-        """Flush the open segment to disk and rename it into place."""
+        """Delete the files its image folder came with and did not use, flush the open
+        segment to disk and rename it into place."""
         segment = self._open
         if segment is None:
             return
         self._open = None
+        for name in segment.emptied:
+            with contextlib.suppress(OSError):
+                os.unlink(f"{segment.images}/{name}")
+        segment.emptied = set()
         assert segment.file is not None
         segment.file.flush()
         os.fsync(segment.file.fileno())
@@ -191,8 +205,22 @@ class SegmentStore:
         self._count += 1
         now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         stem = f"capture-{now}-w{self.worker}-{os.getpid()}-{self._count:06d}"
-        (self.folder / IMAGES / stem).mkdir()
-        segment = _Segment(stem, cost=BLOCK, opened=time.monotonic())
+        images = os.path.join(self.folder, IMAGES, stem)
+        emptied: set[str] = set()
+        while self._spares:
+            spare, names = self._spares.pop()
+            try:
+                os.rename(spare, images)
+            except OSError:  # gone, or not ours to move: forget it
+                shutil.rmtree(spare, ignore_errors=True)
+                continue
+            emptied = names
+            break
+        else:
+            os.mkdir(images)
+        self._spare_cost = self._measure_spares()
+        segment = _Segment(stem, cost=BLOCK, opened=time.monotonic(), images=images)
+        segment.emptied = emptied
         segment.file = self._temporary(stem).open("xb")
         self._open = segment
         return segment
@@ -203,51 +231,64 @@ class SegmentStore:
             segment = self._closed.popleft()
             self._closed_cost -= segment.cost
             (self.folder / f"{segment.stem}.jsonl").unlink(missing_ok=True)
-            self._recycle(self.folder / IMAGES / segment.stem)
+            self._recycle(os.path.join(self.folder, IMAGES, segment.stem))
             self.pruned += 1
 
-    def _put(self, path: str, data: bytes) -> None:
-        """Write a new file at ``path``: into a spare (emptied) file when there is one."""
-        while self._spares:
-            spare = self._spares.pop()
-            try:
-                os.rename(spare, path)
-            except FileNotFoundError:  # deleted by someone else: try the next one
-                continue
-            with open(path, "r+b") as file:  # not "wb" (O_TRUNC): it is empty (see _recycle)
-                file.write(data)
-            return
-        with open(path, "xb") as file:
-            file.write(data)
+    @staticmethod
+    def _put(segment: _Segment, name: str, data: bytes) -> None:
+        """Write image ``name`` of the open segment: into the emptied file of that name
+        when its folder came with one, otherwise into a new file."""
+        path = f"{segment.images}/{name}"
+        fd = -1
+        if name in segment.emptied:
+            segment.emptied.discard(name)
+            with contextlib.suppress(FileNotFoundError):  # deleted by someone else
+                fd = os.open(path, _EMPTIED_FILE)
+        if fd < 0:
+            fd = os.open(path, _NEW_FILE, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
-    def _recycle(self, images: Path) -> None:
-        """Delete a segment's image folder, keeping its files, emptied, as spares."""
+    def _recycle(self, images: str) -> None:
+        """Delete a segment's image folder: its files emptied and the folder kept as a
+        spare while fewer than ``_SPARE_FOLDERS`` are, otherwise deleted outright."""
         try:
             names = os.listdir(images)
         except FileNotFoundError:
             return
-        for name in names:
-            path = os.path.join(images, name)
-            try:
-                if len(self._spares) >= self.spare_cap:
-                    os.unlink(path)
-                    continue
+        if len(self._spares) >= _SPARE_FOLDERS:
+            shutil.rmtree(images, ignore_errors=True)
+            return
+        try:
+            for name in names:
                 # Emptied by an open that truncates and a close, not by os.truncate: ext4
                 # then does its flush-on-close of a truncated file now, on an empty file,
                 # instead of after the next write into it.
-                os.close(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW))
-                self._spare_names += 1
-                spare = os.path.join(self.spare_folder, f"{self._spare_prefix}-{self._spare_names}")
-                os.rename(path, spare)
-                self._spares.append(spare)
-            except OSError:
-                continue  # what is left goes with the folder
-        shutil.rmtree(images, ignore_errors=True)
-        self._spare_cost = blocks(self.spare_folder.stat().st_size)
+                os.close(os.open(f"{images}/{name}", os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW))
+            self._spare_names += 1
+            spare = os.path.join(self.spare_folder, f"{self._spare_prefix}-{self._spare_names}")
+            os.rename(images, spare)
+        except OSError:  # not a plain file, or gone: no reuse of this folder
+            shutil.rmtree(images, ignore_errors=True)
+            return
+        self._spares.append((spare, set(names)))
+        self._spare_cost = self._measure_spares()
+
+    def _measure_spares(self) -> int:
+        """The spare folders' own sizes (their files are empty)."""
+        cost = blocks(self.spare_folder.stat().st_size)
+        for spare, _ in self._spares:
+            with contextlib.suppress(FileNotFoundError):
+                cost += blocks(os.stat(spare).st_size)
+        return cost
 
     def _adopt_spares(self) -> None:
-        """Take over this worker's spare files (worker 0 deletes those of workers beyond
-        the count); a file that is not empty, or one past the cap, is deleted."""
+        """Take over this worker's spare folders (worker 0 deletes those of workers beyond
+        the count): a file that is not empty, or anything past the cap, is deleted."""
         self.spare_folder.mkdir(exist_ok=True)
         if self.worker == 0:
             for path in self.folder.glob(".spare-w*"):
@@ -255,14 +296,22 @@ class SegmentStore:
                 if match is not None and int(match.group(1)) >= self.workers:
                     shutil.rmtree(path, ignore_errors=True)
         for entry in os.scandir(self.spare_folder):
-            empty = entry.is_file(follow_symlinks=False) and entry.stat().st_size == 0
-            if empty and len(self._spares) < self.spare_cap:
-                self._spares.append(entry.path)
-            elif entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-        self._spare_cost = blocks(self.spare_folder.stat().st_size)
+            if not entry.is_dir(follow_symlinks=False) or len(self._spares) >= _SPARE_FOLDERS:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                continue
+            names = set()
+            for file in os.scandir(entry.path):
+                if file.is_file(follow_symlinks=False) and file.stat().st_size == 0:
+                    names.add(file.name)
+                elif file.is_dir(follow_symlinks=False):
+                    shutil.rmtree(file.path, ignore_errors=True)
+                else:
+                    os.unlink(file.path)
+            self._spares.append((entry.path, names))
+        self._spare_cost = self._measure_spares()
 
     def _mine(self, stem: str) -> bool:
         match = _STEM.fullmatch(stem)
