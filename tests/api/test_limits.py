@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from service.preprocessing import decode_image
 from service.serving.app import create_app
 from service.serving.settings import Settings
+from tests.support.errors import assert_error
 from tests.support.fakes import GREEN, RED, FakeClassifier, assert_serves, expected, image_bytes
 
 MIB = 1024 * 1024
@@ -46,17 +47,6 @@ def png_bomb(side: int = 20_000) -> bytes:
         + _png_chunk(b"IDAT", idat)
         + _png_chunk(b"IEND", b"")
     )
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    """The response is ``status`` with the error body ``code``; returns its message."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    message: str = body["error"]["message"]
-    assert message
-    return message
 
 
 # --- images -------------------------------------------------------------------------------

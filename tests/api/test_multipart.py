@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.serving.app import create_app
 from service.serving.settings import Settings
+from tests.support.errors import assert_error
 from tests.support.fakes import RED, FakeClassifier, assert_serves, expected, image_bytes
 
 PNG = image_bytes(RED)
@@ -39,13 +40,6 @@ END = f"--{BOUNDARY}--\r\n".encode()
 
 def post(client: TestClient, body: bytes, path: str = "/v1/predict") -> httpx.Response:
     return client.post(path, content=body, headers={"content-type": TYPE})
-
-
-def error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()["error"]
-    assert body["code"] == code
-    return str(body["message"])
 
 
 def probabilities(response: httpx.Response) -> list[float]:
@@ -90,7 +84,7 @@ def test_a_text_part_is_read_in_the_charset_it_names(client: TestClient) -> None
 
 def test_a_text_part_naming_an_unknown_charset_is_400(client: TestClient) -> None:
     body = file("image", PNG) + field("text", b"t", "text/plain; charset=no-such-charset")
-    message = error(post(client, body + END), 400, "bad_request")
+    message = assert_error(post(client, body + END), 400, "bad_request")
     assert "no-such-charset" in message
     assert_serves(client)
 
@@ -98,7 +92,9 @@ def test_a_text_part_naming_an_unknown_charset_is_400(client: TestClient) -> Non
 def test_a_body_without_its_closing_boundary_is_400(
     client: TestClient, fake: FakeClassifier
 ) -> None:
-    message = error(post(client, file("image", PNG) + field("text", b"t")), 400, "bad_request")
+    message = assert_error(
+        post(client, file("image", PNG) + field("text", b"t")), 400, "bad_request"
+    )
     assert "closing boundary" in message
     assert fake.calls == []
     assert_serves(client)
@@ -106,7 +102,7 @@ def test_a_body_without_its_closing_boundary_is_400(
 
 def test_a_part_without_a_name_is_400(client: TestClient) -> None:
     body = f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nt\r\n".encode() + END
-    error(post(client, body), 400, "bad_request")
+    assert_error(post(client, body), 400, "bad_request")
     assert_serves(client)
 
 
@@ -116,7 +112,7 @@ def test_more_file_parts_than_the_batch_limit_is_413(
     pairs = b"".join(
         file("image", PNG) + field("text", b"t") for _ in range(settings.max_batch_items + 1)
     )
-    message = error(post(client, pairs + END, "/v1/predict/batch"), 413, "payload_too_large")
+    message = assert_error(post(client, pairs + END, "/v1/predict/batch"), 413, "payload_too_large")
     assert f"at most {settings.max_batch_items} items" in message
     assert fake.calls == []
     at_limit = b"".join(
@@ -130,7 +126,7 @@ def test_more_file_parts_than_the_batch_limit_is_413(
 def test_many_stray_fields_are_413(client: TestClient, settings: Settings) -> None:
     strays = b"".join(field(f"x{i}", b"1") for i in range(settings.max_batch_items + 9))
     body = file("image", PNG) + field("text", b"t") + strays + END
-    error(post(client, body, "/v1/predict/batch"), 413, "payload_too_large")
+    assert_error(post(client, body, "/v1/predict/batch"), 413, "payload_too_large")
     assert_serves(client)
 
 
