@@ -6,7 +6,9 @@ Three scenarios, each bounded in time, loopback only:
 1. overload: ``--connections`` closed-loop connections against a service started with a
    small queue, for ``--seconds``; every answer must be 200 or 503 with Retry-After, and
    the 503s' latency is reported separately from the 200s'. By default a refused client
-   asks again at once; with ``--honour-retry-after`` it waits as long as the 503 says;
+   asks again at once; with ``--honour-retry-after`` it waits as long as the 503 says,
+   lengthened at random as the project's client does (0-20%), or exactly as long with
+   ``--no-jitter`` too (clients refused together then come back together);
 2. many connections: ``--many`` (1,000) concurrent connections against the default
    settings: the accepted requests' p99 and how fast the rest were refused;
 3. trickle: ``--trickle`` (500) connections that send their headers one byte a second,
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -33,8 +36,10 @@ import psutil
 
 from bench import eventloop
 from bench.inputs import generate
+from service.client.core import JITTER, RetryPolicy
 
 BOUNDARY = "stressboundary"
+WaitPolicy = RetryPolicy | None
 
 
 def _bodies(count: int = 64, side: int = 256) -> list[bytes]:
@@ -62,22 +67,39 @@ def _bodies(count: int = 64, side: int = 256) -> list[bytes]:
 
 @dataclass
 class Tally:
-    """Latencies (ms) by status; 0 stands for a connection error."""
+    """Latencies (ms) by status, each with the second of the run it was sent in; 0 stands
+    for a connection error."""
 
-    latencies: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    latencies: dict[int, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     missing_retry_after: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, status: int, sent: float) -> None:
+        """An answer of ``status`` to a request sent at ``sent`` (perf_counter), now."""
+        now = time.perf_counter()
+        self.latencies[status].append((sent - self.started, (now - sent) * 1000))
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for status, values in sorted(self.latencies.items()):
-            ordered = sorted(values)
-            out[str(status)] = {
-                "count": len(ordered),
-                "p50_ms": round(ordered[len(ordered) // 2], 2),
-                "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
-            }
+            out[str(status)] = _stats([ms for _, ms in values])
+            # Without the first second, when every client starts at once: the steady state.
+            later = [ms for at, ms in values if at >= 1.0]
+            if later:
+                out[f"{status}_after_1s"] = _stats(later)
         out["503_without_retry_after"] = self.missing_retry_after
         return out
+
+
+def _stats(values: list[float]) -> dict[str, object]:
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "p50_ms": round(ordered[len(ordered) // 2], 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+    }
 
 
 async def _exchange(
@@ -102,7 +124,7 @@ def _seconds(value: str | None) -> float | None:
 
 
 async def _closed_loop(
-    port: int, requests: list[bytes], until: float, tally: Tally, i: int, honour: bool
+    port: int, requests: list[bytes], until: float, tally: Tally, i: int, wait: WaitPolicy
 ) -> None:
     reader = writer = None
     n = i
@@ -115,15 +137,15 @@ async def _closed_loop(
             status, keep, retry_after = await _exchange(reader, writer, requests[n % len(requests)])
         except (OSError, asyncio.IncompleteReadError, ValueError):
             status, keep, retry_after = 0, False, 0.0
-        tally.latencies[status].append((time.perf_counter() - started) * 1000)
+        tally.add(status, started)
         if status == 503 and retry_after is None:
             tally.missing_retry_after += 1
         if not keep and writer is not None:
             writer.close()
             writer = None
         n += 1
-        if honour and status == 503 and retry_after:
-            await asyncio.sleep(min(retry_after, until - time.monotonic()))
+        if wait is not None and status == 503 and retry_after:
+            await asyncio.sleep(min(wait.spread(retry_after), until - time.monotonic()))
     if writer is not None:
         writer.close()
 
@@ -141,19 +163,28 @@ def _tree_cpu(pid: int) -> float:
 
 
 async def closed_loop(
-    port: int, connections: int, seconds: float, pid: int | None, honour: bool = False
+    port: int,
+    connections: int,
+    seconds: float,
+    pid: int | None,
+    honour: bool = False,
+    jitter: float = JITTER,
 ) -> dict[str, object]:
     requests = _bodies()
     tally = Tally()
     cpu0 = _tree_cpu(pid) if pid else 0.0
     until = time.monotonic() + seconds
+    # The refused clients' waits: those of the project's client (no retries are counted
+    # here, only how long to wait), or none when refused clients ask again at once.
+    wait = RetryPolicy(retries=0, backoff=0.0, max_wait=math.inf, jitter=jitter) if honour else None
     await asyncio.gather(
-        *(_closed_loop(port, requests, until, tally, i, honour) for i in range(connections))
+        *(_closed_loop(port, requests, until, tally, i, wait) for i in range(connections))
     )
     result = {
         "connections": connections,
         "seconds": seconds,
         "honour_retry_after": honour,
+        "retry_jitter": jitter if honour else None,
         **tally.summary(),
     }
     if pid:
@@ -224,7 +255,13 @@ def main() -> None:
     parser.add_argument(
         "--honour-retry-after",
         action="store_true",
-        help="a refused client waits as long as its 503's Retry-After says (default: at once)",
+        help="a refused client waits as long as its 503's Retry-After says, lengthened by a "
+        "random 0-20%% as the project's client does (default: it asks again at once)",
+    )
+    parser.add_argument(
+        "--no-jitter",
+        action="store_true",
+        help="with --honour-retry-after: wait exactly as long as Retry-After says",
     )
     args = parser.parse_args()
     if args.scenario == "trickle":
@@ -232,7 +269,12 @@ def main() -> None:
     else:
         result = eventloop.run(
             closed_loop(
-                args.port, args.connections, args.seconds, args.pid, args.honour_retry_after
+                args.port,
+                args.connections,
+                args.seconds,
+                args.pid,
+                args.honour_retry_after,
+                0.0 if args.no_jitter else JITTER,
             )
         )
     result = {"scenario": args.scenario, **result}

@@ -91,7 +91,8 @@ class Client(_Base):
 
     ``retries`` is how many times a 503 or a failed connection is retried (0: never);
     waits grow as ``backoff * 2**n`` seconds, or follow ``Retry-After``, at most
-    ``max_wait`` seconds each.
+    ``max_wait`` seconds each, then lengthened by a random 0-20% so that clients refused
+    together do not come back together.
     """
 
     def __init__(

@@ -11,6 +11,7 @@ import base64
 import email.utils
 import io
 import os
+import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class Request:
         return {"files": self.files, "data": self.data, "json": self.json, "params": self.params}
 
 
+JITTER = 0.2
+"""Every wait is lengthened by a random share of itself, up to this: clients refused
+together (a burst, an overload) then come back spread out instead of together."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Decides whether and how long to wait before sending a request again."""
@@ -75,9 +81,15 @@ class RetryPolicy:
     retries: int
     backoff: float
     max_wait: float
+    jitter: float = JITTER
 
     def _backoff(self, attempt: int) -> float:
-        return float(min(self.backoff * 2**attempt, self.max_wait))
+        return self.spread(min(self.backoff * 2**attempt, self.max_wait))
+
+    def spread(self, seconds: float) -> float:
+        """``seconds`` lengthened by a random 0 to ``jitter`` share of it (never shortened:
+        a server's ``Retry-After`` is the least it asked for)."""
+        return float(seconds * (1 + self.jitter * random.random()))
 
     def after_response(self, attempt: int, response: httpx.Response) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to keep this response."""
@@ -86,7 +98,7 @@ class RetryPolicy:
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         if retry_after is None:
             return self._backoff(attempt)
-        return min(retry_after, self.max_wait)
+        return self.spread(min(retry_after, self.max_wait))
 
     def after_error(self, attempt: int, error: httpx.TransportError) -> float:
         """Seconds to wait before attempt ``attempt + 1``; raises when it should not retry."""
@@ -97,7 +109,7 @@ class RetryPolicy:
         return self._backoff(attempt)
 
 
-NO_RETRY = RetryPolicy(retries=0, backoff=0.0, max_wait=0.0)
+NO_RETRY = RetryPolicy(retries=0, backoff=0.0, max_wait=0.0, jitter=0.0)
 
 
 # -- request building (shared) -------------------------------------------------------------

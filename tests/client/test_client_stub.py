@@ -24,7 +24,7 @@ from service.client import (
     TransportError,
     UnavailableError,
 )
-from service.client.core import RetryPolicy
+from service.client.core import JITTER, RetryPolicy
 from service.main import cli
 from tests.support.stub_server import PREDICTION, Reply, Script, error, serve
 
@@ -180,7 +180,7 @@ def _response(status: int, **headers: str) -> httpx.Response:
 
 
 def test_retry_policy_waits() -> None:
-    policy = RetryPolicy(retries=3, backoff=0.5, max_wait=5)
+    policy = RetryPolicy(retries=3, backoff=0.5, max_wait=5, jitter=0.0)
     assert policy.after_response(0, _response(200)) is None
     assert policy.after_response(0, _response(429)) is None
     assert policy.after_response(0, _response(503, **{"Retry-After": "2"})) == 2
@@ -192,6 +192,16 @@ def test_retry_policy_waits() -> None:
     assert policy.after_error(1, httpx.ConnectError("refused")) == 1
     with pytest.raises(TransportError):
         policy.after_error(0, httpx.ReadTimeout("slow"))  # the server may still be working
+
+
+def test_waits_are_spread_and_never_shorter_than_asked() -> None:
+    policy = RetryPolicy(retries=3, backoff=0.5, max_wait=5)  # the clients' default jitter
+    refused = _response(503, **{"Retry-After": "2"})
+    waits = [policy.after_response(0, refused) for _ in range(200)]
+    assert all(w is not None and 2 <= w <= 2 * (1 + JITTER) for w in waits)
+    assert len(set(waits)) > 100, "clients refused together come back at different times"
+    backoffs = [policy.after_error(1, httpx.ConnectError("refused")) for _ in range(200)]
+    assert all(1 <= w <= 1 + JITTER for w in backoffs) and len(set(backoffs)) > 100
 
 
 def test_cli_prints_one_line_errors(
