@@ -219,8 +219,7 @@ class SegmentStore:
         else:
             os.mkdir(images)
         self._spare_cost = self._measure_spares()
-        segment = _Segment(stem, cost=BLOCK, opened=time.monotonic(), images=images)
-        segment.emptied = emptied
+        segment = _Segment(stem, BLOCK, opened=time.monotonic(), images=images, emptied=emptied)
         segment.file = self._temporary(stem).open("xb")
         self._open = segment
         return segment
