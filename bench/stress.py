@@ -15,18 +15,28 @@ Three scenarios, each bounded in time, loopback only:
    while one client sends normal requests in turn; how long those took, and how many of
    the trickling connections the header deadline closed.
 
-The client is asyncio over raw sockets with pre-built requests (the bench's own JPEGs), so
-each answer's status and latency are known; server CPU is read from /proc for the server's
-process tree. Prints one JSON object.
+The clients send pre-built requests (the bench's own JPEGs) over raw sockets, so each
+answer's status and latency are known. For overload and many they are one compiled C
+program on epoll (``closedloop_client.c``, built once with the system's C compiler) when
+there is a compiler, so that the client takes little of the cores it shares with the
+server; otherwise, and with ``--client python``, asyncio coroutines. Server CPU is read
+from /proc for the server's process tree. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
+import os
+import random
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -80,6 +90,15 @@ class Tally:
         """An answer of ``status`` to a request sent at ``sent`` (perf_counter), now."""
         now = time.perf_counter()
         self.latencies[status].append((sent - self.started, (now - sent) * 1000))
+
+    def add_lines(self, lines: str) -> None:
+        """Answers as the compiled client prints them: ``status sent_s latency_ms
+        retry_after`` (retry_after -1 when the answer had none)."""
+        for line in lines.splitlines():
+            status, sent, latency, retry_after = line.split()
+            self.latencies[int(status)].append((float(sent), float(latency)))
+            if status == "503" and float(retry_after) < 0:
+                self.missing_retry_after += 1
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -181,6 +200,7 @@ async def closed_loop(
         *(_closed_loop(port, requests, until, tally, i, wait) for i in range(connections))
     )
     result = {
+        "client": "python",
         "connections": connections,
         "seconds": seconds,
         "honour_retry_after": honour,
@@ -189,6 +209,54 @@ async def closed_loop(
     }
     if pid:
         result["server_cpu_s"] = round(_tree_cpu(pid) - cpu0, 2)
+    return result
+
+
+def compiled_client() -> Path | None:
+    """The C closed-loop client (``closedloop_client.c``), compiled once into the system's
+    temporary folder; None when no C compiler is installed."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = Path(__file__).with_name("closedloop_client.c")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = Path(tempfile.gettempdir()) / f"mmserve-closedloop-{digest}"
+    if not binary.exists():
+        partial = binary.with_suffix(f".{os.getpid()}")
+        subprocess.run([compiler, "-O2", "-o", str(partial), str(source)], check=True)
+        partial.replace(binary)
+    return binary
+
+
+def compiled_closed_loop(
+    binary: Path,
+    port: int,
+    connections: int,
+    seconds: float,
+    pid: int | None,
+    honour: bool = False,
+    jitter: float = JITTER,
+) -> dict[str, object]:
+    """:func:`closed_loop` with the compiled client: one C thread on epoll instead of
+    Python coroutines, so that less of the cores the server shares goes to the client."""
+    stdin = b"".join(b"%d\n%s" % (len(r), r) for r in _bodies())
+    cpu0 = _tree_cpu(pid) if pid else 0.0
+    command = [str(binary), str(port), str(connections), str(seconds), str(int(honour))]
+    command += [str(jitter if honour else 0.0), str(random.getrandbits(31))]
+    out = subprocess.run(command, input=stdin, capture_output=True, check=True).stdout
+    cpu1 = _tree_cpu(pid) if pid else 0.0
+    tally = Tally()
+    tally.add_lines(out.decode())
+    result: dict[str, object] = {
+        "client": "c",
+        "connections": connections,
+        "seconds": seconds,
+        "honour_retry_after": honour,
+        "retry_jitter": jitter if honour else None,
+        **tally.summary(),
+    }
+    if pid:
+        result["server_cpu_s"] = round(cpu1 - cpu0, 2)
     return result
 
 
@@ -259,14 +327,37 @@ def main() -> None:
         "random 0-20%% as the project's client does (default: it asks again at once)",
     )
     parser.add_argument(
+        "--client",
+        choices=["auto", "c", "python"],
+        default="auto",
+        help="overload and many: the compiled C client (auto: when a C compiler is "
+        "installed) or Python coroutines",
+    )
+    parser.add_argument(
         "--no-jitter",
         action="store_true",
         help="with --honour-retry-after: wait exactly as long as Retry-After says",
     )
     args = parser.parse_args()
+    jitter = 0.0 if args.no_jitter else JITTER
+    binary = compiled_client() if args.client in ("auto", "c") else None
+    if args.client == "c" and binary is None:
+        parser.error("--client c needs a C compiler (cc or gcc)")
     if args.scenario == "trickle":
         result = eventloop.run(trickle(args.port, args.connections, args.seconds))
+    elif binary is not None:
+        result = compiled_closed_loop(
+            binary,
+            args.port,
+            args.connections,
+            args.seconds,
+            args.pid,
+            args.honour_retry_after,
+            jitter,
+        )
     else:
+        if args.client == "auto":
+            print("no C compiler: the overload clients are Python coroutines", file=sys.stderr)
         result = eventloop.run(
             closed_loop(
                 args.port,
@@ -274,7 +365,7 @@ def main() -> None:
                 args.seconds,
                 args.pid,
                 args.honour_retry_after,
-                0.0 if args.no_jitter else JITTER,
+                jitter,
             )
         )
     result = {"scenario": args.scenario, **result}
