@@ -164,7 +164,11 @@ async def _closed_loop(
             writer = None
         n += 1
         if wait is not None and status == 503 and retry_after:
-            await asyncio.sleep(min(wait.spread(retry_after), until - time.monotonic()))
+            # At least that long: an event loop's timers may fire a little early (libuv's
+            # clock is read once per pass), so sleep again for what is left.
+            deadline = min(time.monotonic() + wait.spread(retry_after), until)
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(left)
     if writer is not None:
         writer.close()
 

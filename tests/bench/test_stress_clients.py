@@ -78,8 +78,9 @@ def test_both_clients_count_answers_and_honour_retry_after(client: str, port: in
         assert result["503_without_retry_after"] == 0
     refused = patient["503"]
     assert isinstance(refused, dict)
-    # Each of the 4 connections waits 0.2 s after every refusal: at most 7 in 1.3 s.
-    assert refused["count"] <= 4 * 7
+    # Each of the 4 connections waits 0.2 s after every refusal: at most 7 in 1.3 s (one
+    # more each of slack for the clocks involved); asking at once gives hundreds.
+    assert refused["count"] <= 4 * 8
     eager_refused = eager["503"]
     assert isinstance(eager_refused, dict)
     assert eager_refused["count"] > 5 * refused["count"], "at once, refusals come fast"
