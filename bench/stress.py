@@ -203,22 +203,35 @@ async def closed_loop(
     await asyncio.gather(
         *(_closed_loop(port, requests, until, tally, i, wait) for i in range(connections))
     )
-    result = {
-        "client": "python",
+    cpu = _tree_cpu(pid) - cpu0 if pid else None
+    return _result("python", connections, seconds, honour, jitter, tally, cpu)
+
+
+def _result(
+    client: str,
+    connections: int,
+    seconds: float,
+    honour: bool,
+    jitter: float,
+    tally: Tally,
+    server_cpu_s: float | None,
+) -> dict[str, object]:
+    result: dict[str, object] = {
+        "client": client,
         "connections": connections,
         "seconds": seconds,
         "honour_retry_after": honour,
         "retry_jitter": jitter if honour else None,
         **tally.summary(),
     }
-    if pid:
-        result["server_cpu_s"] = round(_tree_cpu(pid) - cpu0, 2)
+    if server_cpu_s is not None:
+        result["server_cpu_s"] = round(server_cpu_s, 2)
     return result
 
 
 def compiled_client() -> Path | None:
     """The C closed-loop client (``closedloop_client.c``), compiled once into the system's
-    temporary folder; None when no C compiler is installed."""
+    temporary folder; None when no C compiler is installed or it fails (and says why)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
@@ -227,7 +240,12 @@ def compiled_client() -> Path | None:
     binary = Path(tempfile.gettempdir()) / f"mmserve-closedloop-{digest}"
     if not binary.exists():
         partial = binary.with_suffix(f".{os.getpid()}")
-        subprocess.run([compiler, "-O2", "-o", str(partial), str(source)], check=True)
+        built = subprocess.run(
+            [compiler, "-O2", "-o", str(partial), str(source)], capture_output=True, text=True
+        )
+        if built.returncode != 0:
+            print(f"{source.name} did not compile:\n{built.stderr}", file=sys.stderr)
+            return None
         partial.replace(binary)
     return binary
 
@@ -248,20 +266,10 @@ def compiled_closed_loop(
     command = [str(binary), str(port), str(connections), str(seconds), str(int(honour))]
     command += [str(jitter if honour else 0.0), str(random.getrandbits(31))]
     out = subprocess.run(command, input=stdin, capture_output=True, check=True).stdout
-    cpu1 = _tree_cpu(pid) if pid else 0.0
+    cpu = _tree_cpu(pid) - cpu0 if pid else None
     tally = Tally()
     tally.add_lines(out.decode())
-    result: dict[str, object] = {
-        "client": "c",
-        "connections": connections,
-        "seconds": seconds,
-        "honour_retry_after": honour,
-        "retry_jitter": jitter if honour else None,
-        **tally.summary(),
-    }
-    if pid:
-        result["server_cpu_s"] = round(cpu1 - cpu0, 2)
-    return result
+    return _result("c", connections, seconds, honour, jitter, tally, cpu)
 
 
 async def trickle(port: int, connections: int, seconds: float) -> dict[str, object]:
