@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,6 @@ from bench.inputs import generate
 from service.client.core import JITTER, RetryPolicy
 
 BOUNDARY = "stressboundary"
-WaitPolicy = RetryPolicy | None
 
 
 def _bodies(count: int = 64, side: int = 256) -> list[bytes]:
@@ -143,7 +143,7 @@ def _seconds(value: str | None) -> float | None:
 
 
 async def _closed_loop(
-    port: int, requests: list[bytes], until: float, tally: Tally, i: int, wait: WaitPolicy
+    port: int, requests: list[bytes], until: float, tally: Tally, i: int, wait: RetryPolicy | None
 ) -> None:
     reader = writer = None
     n = i
@@ -185,48 +185,54 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-async def closed_loop(
-    port: int,
-    connections: int,
-    seconds: float,
-    pid: int | None,
-    honour: bool = False,
-    jitter: float = JITTER,
-) -> dict[str, object]:
+@dataclass(frozen=True)
+class Load:
+    """One closed-loop run: who is driven, how hard, and how refused clients behave."""
+
+    port: int
+    connections: int
+    seconds: float
+    pid: int | None = None  # the server's, to measure its CPU
+    honour: bool = False  # refused clients wait as Retry-After says
+    jitter: float = JITTER  # ... lengthened by a random share up to this
+
+    async def measured(self, client: str, run: Awaitable[Tally]) -> dict[str, object]:
+        """The JSON of a run of ``client``: ``run`` drives the load and returns its tally."""
+        cpu0 = _tree_cpu(self.pid) if self.pid else 0.0
+        tally = await run
+        result: dict[str, object] = {
+            "client": client,
+            "connections": self.connections,
+            "seconds": self.seconds,
+            "honour_retry_after": self.honour,
+            "retry_jitter": self.jitter if self.honour else None,
+            **tally.summary(),
+        }
+        if self.pid:
+            result["server_cpu_s"] = round(_tree_cpu(self.pid) - cpu0, 2)
+        return result
+
+
+async def closed_loop(load: Load) -> dict[str, object]:
+    """The Python coroutines' closed loop."""
     requests = _bodies()
-    tally = Tally()
-    cpu0 = _tree_cpu(pid) if pid else 0.0
-    until = time.monotonic() + seconds
     # The refused clients' waits: those of the project's client (no retries are counted
     # here, only how long to wait), or none when refused clients ask again at once.
-    wait = RetryPolicy(retries=0, backoff=0.0, max_wait=math.inf, jitter=jitter) if honour else None
-    await asyncio.gather(
-        *(_closed_loop(port, requests, until, tally, i, wait) for i in range(connections))
-    )
-    cpu = _tree_cpu(pid) - cpu0 if pid else None
-    return _result("python", connections, seconds, honour, jitter, tally, cpu)
+    policy = RetryPolicy(retries=0, backoff=0.0, max_wait=math.inf, jitter=load.jitter)
+    wait = policy if load.honour else None
 
+    async def run() -> Tally:
+        tally = Tally()
+        until = time.monotonic() + load.seconds
+        await asyncio.gather(
+            *(
+                _closed_loop(load.port, requests, until, tally, i, wait)
+                for i in range(load.connections)
+            )
+        )
+        return tally
 
-def _result(
-    client: str,
-    connections: int,
-    seconds: float,
-    honour: bool,
-    jitter: float,
-    tally: Tally,
-    server_cpu_s: float | None,
-) -> dict[str, object]:
-    result: dict[str, object] = {
-        "client": client,
-        "connections": connections,
-        "seconds": seconds,
-        "honour_retry_after": honour,
-        "retry_jitter": jitter if honour else None,
-        **tally.summary(),
-    }
-    if server_cpu_s is not None:
-        result["server_cpu_s"] = round(server_cpu_s, 2)
-    return result
+    return await load.measured("python", run())
 
 
 def compiled_client() -> Path | None:
@@ -250,26 +256,23 @@ def compiled_client() -> Path | None:
     return binary
 
 
-def compiled_closed_loop(
-    binary: Path,
-    port: int,
-    connections: int,
-    seconds: float,
-    pid: int | None,
-    honour: bool = False,
-    jitter: float = JITTER,
-) -> dict[str, object]:
+async def compiled_closed_loop(binary: Path, load: Load) -> dict[str, object]:
     """:func:`closed_loop` with the compiled client: one C thread on epoll instead of
     Python coroutines, so that less of the cores the server shares goes to the client."""
     stdin = b"".join(b"%d\n%s" % (len(r), r) for r in _bodies())
-    cpu0 = _tree_cpu(pid) if pid else 0.0
-    command = [str(binary), str(port), str(connections), str(seconds), str(int(honour))]
-    command += [str(jitter if honour else 0.0), str(random.getrandbits(31))]
-    out = subprocess.run(command, input=stdin, capture_output=True, check=True).stdout
-    cpu = _tree_cpu(pid) - cpu0 if pid else None
-    tally = Tally()
-    tally.add_lines(out.decode())
-    return _result("c", connections, seconds, honour, jitter, tally, cpu)
+    command = [str(binary), str(load.port), str(load.connections), str(load.seconds)]
+    command += [str(int(load.honour)), str(load.jitter if load.honour else 0.0)]
+    command.append(str(random.getrandbits(31)))
+
+    async def run() -> Tally:
+        done = await asyncio.to_thread(
+            subprocess.run, command, input=stdin, capture_output=True, check=True
+        )
+        tally = Tally()
+        tally.add_lines(done.stdout.decode())
+        return tally
+
+    return await load.measured("c", run())
 
 
 async def trickle(port: int, connections: int, seconds: float) -> dict[str, object]:
@@ -357,29 +360,16 @@ def main() -> None:
         parser.error("--client c needs a C compiler (cc or gcc)")
     if args.scenario == "trickle":
         result = eventloop.run(trickle(args.port, args.connections, args.seconds))
-    elif binary is not None:
-        result = compiled_closed_loop(
-            binary,
-            args.port,
-            args.connections,
-            args.seconds,
-            args.pid,
-            args.honour_retry_after,
-            jitter,
-        )
     else:
-        if args.client == "auto":
-            print("no C compiler: the overload clients are Python coroutines", file=sys.stderr)
-        result = eventloop.run(
-            closed_loop(
-                args.port,
-                args.connections,
-                args.seconds,
-                args.pid,
-                args.honour_retry_after,
-                jitter,
-            )
+        load = Load(
+            args.port, args.connections, args.seconds, args.pid, args.honour_retry_after, jitter
         )
+        if binary is not None:
+            result = eventloop.run(compiled_closed_loop(binary, load))
+        else:
+            if args.client == "auto":
+                print("no C compiler: the overload clients are Python coroutines", file=sys.stderr)
+            result = eventloop.run(closed_loop(load))
     result = {"scenario": args.scenario, **result}
     text = json.dumps(result, indent=2)
     print(text)

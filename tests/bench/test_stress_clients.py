@@ -64,8 +64,12 @@ def _runner(client: str, port: int) -> Callable[[bool], dict[str, object]]:
         binary = stress.compiled_client()
         if binary is None:
             pytest.skip("no C compiler")
-        return lambda honour: stress.compiled_closed_loop(binary, port, 4, 1.3, None, honour, 0.0)
-    return lambda honour: eventloop.run(stress.closed_loop(port, 4, 1.3, None, honour, 0.0))
+        return lambda honour: eventloop.run(
+            stress.compiled_closed_loop(binary, stress.Load(port, 4, 1.3, None, honour, 0.0))
+        )
+    return lambda honour: eventloop.run(
+        stress.closed_loop(stress.Load(port, 4, 1.3, None, honour, 0.0))
+    )
 
 
 @pytest.mark.parametrize("client", ["c", "python"])
