@@ -91,8 +91,8 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # One access line per request: ours (mmserve.access) when on, else uvicorn's.
-        access_log=not settings.access_log,
+        # Ours (mmserve.access) or none: uvicorn's would log client addresses, unstructured.
+        access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
         http=guarded_protocol(settings, state),
         # Connections are capped per worker by max_connections (service.serving.connections).

@@ -266,8 +266,8 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         True,
-        description="One log line per request on the mmserve.access logger (at info level); "
-        "`mmserve serve` then turns uvicorn's own access log off.",
+        description="One log line per request on the mmserve.access logger (at info level). "
+        "false: no access log (`mmserve serve` never turns on uvicorn's own).",
     )
 
     capture_dir: Path | None = Field(
