@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     max_queue_items: int = Field(
         256,
         ge=1,
-        description="Most items waiting for the model; more get 503 with Retry-After.",
+        description="Most items waiting for the model, each request already let in and "
+        "still on its way to the queue (its body being read, its images decoded) counted as "
+        "one; more get 503 with Retry-After, before their body is read.",
     )
     request_timeout_s: float = Field(
         30.0,

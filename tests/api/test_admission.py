@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.serving.api.draining import start_draining
+from service.serving.api.state import app_state
 from service.serving.app import create_app
 from service.serving.settings import Settings
 from tests.support.fakes import FakeClassifier, image_bytes
@@ -230,6 +231,38 @@ def test_a_full_queue_refuses_before_the_body_is_read(
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "queue" in body["error"]["message"]  # type: ignore[index]
     assert headers["retry-after"] == "1"
+
+
+def test_requests_let_in_and_still_sending_fill_the_queue(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    """Two requests let in, their bodies still arriving, fill a queue of two: a third is
+    refused before its body, not let in only to be refused at the queue after decoding."""
+    settings = _settings(tmp_path, max_queue_items=2)
+    app = create_app(settings, classifier=gated)
+    with serving(app, settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        running = _occupy(url, gated)  # in the model: not waiting, not counted
+        batcher = app_state(app).registry.find(None).primary().batcher  # type: ignore[union-attr]
+        request = _small_request()
+        slow = [connect(port) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(request[:-100])  # the headers and all but the end of the body
+        poll(lambda: batcher.admitted_requests == 2, "both requests to be let in")
+        assert batcher.queued_items == 0
+        status, _, body, _ = _refused_without_body(port)
+        for sock in slow:
+            sock.sendall(request[-100:])
+        gated.release(running)
+        answers = [_read_answers(sock, 1)[0] for sock in slow]
+        for sock in slow:
+            sock.close()
+        after = _predict(url)
+    assert status == 503
+    assert body["error"]["code"] == "overloaded"  # type: ignore[index]
+    assert "0 items and 2 requests are on their way" in body["error"]["message"]  # type: ignore[index]
+    assert all(answer.startswith(b"http/1.1 200") for answer in answers)
+    assert after.status_code == 200 and batcher.admitted_requests == 0
 
 
 def _queue_depth(url: str) -> float:

@@ -122,6 +122,38 @@ def test_full_queue_answers_503_with_retry_after_and_recovers() -> None:
     run(body)
 
 
+def test_admitted_requests_count_as_queued_until_they_reach_the_queue() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_queue_items=2)
+        running = asyncio.create_task(batcher.predict(*item("r")))
+        await model.wait_entered()  # the model's batch is not counted
+        reached = asyncio.Event()
+
+        async def admitted_request(text: str) -> np.ndarray:
+            with batcher.admitted():
+                await reached.wait()  # its body being read, its images decoded
+                return await batcher.predict(*item(text))
+
+        with batcher.admitted():  # a request that ends before the queue (a 4xx, say)
+            assert batcher.admitted_requests == 1 and not batcher.full
+        assert batcher.admitted_requests == 0
+        on_their_way = [asyncio.create_task(admitted_request(t)) for t in ("a1", "a2")]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert (batcher.queued_items, batcher.admitted_requests, batcher.full) == (0, 2, True)
+        reached.set()
+        await queued(batcher, 2)
+        # Queued now, each counted once: as an item, no longer as an admitted request.
+        assert (batcher.queued_items, batcher.admitted_requests, batcher.full) == (2, 0, True)
+        model.gate.set()
+        await asyncio.gather(running, *on_their_way)
+        assert (batcher.queued_items, batcher.admitted_requests, batcher.full) == (0, 0, False)
+        await batcher.close()
+
+    run(body)
+
+
 def test_deadline_gives_504_and_the_expired_item_never_runs() -> None:
     async def body() -> None:
         model = GatedModel()

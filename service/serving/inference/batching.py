@@ -12,7 +12,11 @@ announced during the wait: under a steady stream of arrivals, there is always an
 on its way, and waiting for it would hold every batch for the whole delay. Nothing waits
 on requests that are not on their way: an idle service adds no delay.
 
-The queue is bounded (``QueueFull`` -> 503 with Retry-After), every request has a deadline
+The queue is bounded (``QueueFull`` -> 503 with Retry-After). Admission control counts the
+requests it let in that have not reached the queue yet (:meth:`admitted`), one item each,
+as if they were queued: it refuses while those and the queued items fill the queue, so that
+a request it takes is not refused later, after its body was read and its images decoded.
+Every request has a deadline
 (``DeadlineExceeded`` -> 504), results are split back to each caller, a request whose
 caller went away is dropped before it reaches the model, and a failing batch is retried
 item by item so that one bad request does not fail the others.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -71,6 +76,27 @@ class Arrival:
     arrived: bool = False
 
 
+@dataclass(eq=False)
+class Admitted:
+    """A request admission control let in for a batcher, counted by it until the request
+    reaches its queue or ends (:meth:`AdaptiveBatcher.admitted`)."""
+
+    batcher: AdaptiveBatcher
+    counted: bool = True
+
+    def release(self) -> None:
+        """Stop counting the request (once; later calls do nothing)."""
+        if self.counted:
+            self.counted = False
+            self.batcher._admitted -= 1
+
+
+_ADMITTED: contextvars.ContextVar[Admitted | None] = contextvars.ContextVar(
+    "mmserve_admitted", default=None
+)
+"""The current request's admission, released when it reaches the queue."""
+
+
 @dataclass
 class BatchStats:
     """Running totals, for logs and tests."""
@@ -105,6 +131,7 @@ class AdaptiveBatcher:
         self._keep_sizes = keep_sizes
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
+        self._admitted = 0  # requests let in by admission control, not yet queued nor ended
         self._on_the_way: set[Arrival] = set()  # announced, not queued nor given up
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmserve-model")
@@ -118,9 +145,28 @@ class AdaptiveBatcher:
         return self._queued_items
 
     @property
+    def admitted_requests(self) -> int:
+        """Requests admission control let in that have not reached the queue yet."""
+        return self._admitted
+
+    @property
     def full(self) -> bool:
-        """Whether the queue is at its limit: a new request would be refused."""
-        return self._queued_items >= self.max_queue_items
+        """Whether admission control refuses a new request: the queued items and the
+        requests let in on their way to the queue (one item each) fill the queue."""
+        return self._queued_items + self._admitted >= self.max_queue_items
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Admitted]:
+        """Count a request admission control let in, as one queued item, until its items
+        reach the queue (:meth:`predict`, in the same task) or it ends."""
+        admitted = Admitted(self)
+        self._admitted += 1
+        token = _ADMITTED.set(admitted)
+        try:
+            yield admitted
+        finally:
+            _ADMITTED.reset(token)
+            admitted.release()
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[Arrival]:
@@ -146,6 +192,9 @@ class AdaptiveBatcher:
 
         ``arrival`` is the announcement made by :meth:`arriving`, if any.
         """
+        admitted = _ADMITTED.get()
+        if admitted is not None and admitted.batcher is self:
+            admitted.release()  # its items are counted as queued from here on
         if self._closed:
             raise ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
         n = len(texts)

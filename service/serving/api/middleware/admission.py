@@ -8,7 +8,10 @@ A pure ASGI middleware in front of the routes. A model request (any POST) is ref
   stays under ``max_in_flight x max_request_bytes`` whatever clients send;
 - the batcher's queue of the model the request would go to is full (the default model's
   for ``/v1/predict``, model ``{name}``'s for ``/v1/models/{name}/...`` and
-  ``/v2/models/{name}/...``): the request could only be refused after decoding.
+  ``/v2/models/{name}/...``): the request could only be refused after decoding. The
+  requests already let in for that model and still on their way to its queue (their body
+  being read or their images decoded) count as one queued item each, so that a request let
+  in is not refused at the queue after it was paid for.
 
 A refusal costs the parsing of the request line and headers and nothing else; under
 ``mmserve serve`` the connection answers it before the app is called
@@ -21,6 +24,7 @@ connection rather than be read only to be thrown away.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
 from service.serving.api.errors import error_json
 from service.serving.api.state import AppState, app_state
+from service.serving.inference.batching import AdaptiveBatcher
 
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/]+)/")
 
@@ -53,30 +58,40 @@ class Admission:
 
     def refusal(self, path: str) -> ServiceUnavailable | None:
         """Why a POST to ``path`` is refused now; None when it is taken."""
+        return self.decide(path)[0]
+
+    def decide(self, path: str) -> tuple[ServiceUnavailable | None, AdaptiveBatcher | None]:
+        """Why a POST to ``path`` is refused now (None when it is taken), and the batcher
+        of the model it goes to (None when it goes to none: not a model request, a model
+        the route answers 404, or the service not started)."""
         state = self._state
         if state.draining:
-            return ShuttingDown("the service is shutting down", retry_after=DRAIN_RETRY_AFTER_S)
+            refusal = ShuttingDown("the service is shutting down", retry_after=DRAIN_RETRY_AFTER_S)
+            return refusal, None
         settings = state.settings
         if settings is None:
-            return None  # not started: the routes answer 503 themselves
+            return None, None  # not started: the routes answer 503 themselves
         if self.in_flight >= settings.max_in_flight:
-            return Overloaded(
+            overloaded = Overloaded(
                 f"{self.in_flight} requests in flight (limit {settings.max_in_flight}); "
                 "retry shortly",
                 retry_after=RETRY_AFTER_S,
             )
+            return overloaded, None
         registry = state.registry
         model = registry.find(_model_name(path)) if registry is not None else None
         if model is None:
-            return None  # not a model request, or one the route answers 404
+            return None, None  # not a model request, or one the route answers 404
         batcher = model.primary().batcher
         if batcher.full:
-            return QueueFull(
-                f"the queue of {model.name} holds {batcher.queued_items} items "
+            full = QueueFull(
+                f"the queue of {model.name} holds {batcher.queued_items} items and "
+                f"{batcher.admitted_requests} requests are on their way to it "
                 f"(limit {settings.max_queue_items}); retry shortly",
                 retry_after=RETRY_AFTER_S,
             )
-        return None
+            return full, None
+        return None, batcher
 
 
 class AdmissionControl:
@@ -91,7 +106,7 @@ class AdmissionControl:
             await self.app(scope, receive, send)
             return
         admission = self._admission
-        refusal = admission.refusal(scope["path"])
+        refusal, batcher = admission.decide(scope["path"])
         if refusal is not None:
             headers = dict(refusal.headers)
             if closes(scope, refusal):
@@ -103,7 +118,8 @@ class AdmissionControl:
             return
         admission.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            with nullcontext() if batcher is None else batcher.admitted():
+                await self.app(scope, receive, send)
         finally:
             admission.in_flight -= 1
 
