@@ -1,6 +1,7 @@
 """What capturing traffic costs: `mmserve serve` under wrk at a fixed concurrency, capture
-off and at rate 1.0 in turn (a fresh server per phase, settings being read at start-up),
-with the capture folder's disk use checked against its budget after each captured phase.
+off and on (at rate 1.0 unless --rate) in turn (a fresh server per phase, settings being
+read at start-up), with the capture folder's disk use checked against its budget after
+each captured phase.
 
     python -m bench.capture --model-store model_store --model-name demo
 
@@ -69,7 +70,7 @@ def run_phase(args: argparse.Namespace, body_list: Path, capture: Path | None) -
     if capture is not None:
         env |= {
             "MMSERVE_CAPTURE_DIR": str(capture),
-            "MMSERVE_CAPTURE_RATE": "1.0",
+            "MMSERVE_CAPTURE_RATE": str(args.rate),
             "MMSERVE_CAPTURE_MAX_BYTES": str(args.budget),
         }
     command = servers.service_command(port, args.model_store, args.model_name, workers=args.workers)
@@ -96,7 +97,7 @@ def run_phase(args: argparse.Namespace, body_list: Path, capture: Path | None) -
         metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
     counted, allocated = _disk(capture) if capture is not None else (0, 0)
     return Phase(
-        capture="rate 1.0" if capture is not None else "off",
+        capture=f"rate {args.rate:g}" if capture is not None else "off",
         requests_per_s=round(result.ok / result.duration_s, 1),
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--budget", type=int, default=5 * 1024**2, help="capture_max_bytes")
     parser.add_argument(
+        "--rate", type=float, default=1.0, help="capture_rate of the captured phases (0..1]"
+    )
+    parser.add_argument(
         "--folder",
         type=Path,
         default=None,
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if not 0 < args.rate <= 1:
+        parser.error("--rate must be in (0, 1]")
     folder = Path(tempfile.mkdtemp(prefix="mmserve-capture-bench-", dir=args.folder))
     try:
         phases = _run(args, folder)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     off = [p for p in phases if p.capture == "off"]
     on = [p for p in phases if p.capture != "off"]
     print(
-        "capture at rate 1.0 against off (medians over the rounds): "
+        f"capture at rate {args.rate:g} against off (medians over the rounds): "
         f"req/s x{_median(on, 'requests_per_s') / _median(off, 'requests_per_s'):.3f}, "
         f"p99 x{_median(on, 'p99_ms') / _median(off, 'p99_ms'):.3f}"
     )
