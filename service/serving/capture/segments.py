@@ -55,6 +55,7 @@ _SPARE = re.compile(r"\.spare-w(\d+)")
 _SPARE_FOLDERS = 2
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _EMPTIED_FILE = os.O_WRONLY | os.O_NOFOLLOW
+_ROWS = json.JSONEncoder(ensure_ascii=False)  # one encoder for every row, not one per row
 
 
 class BudgetExceeded(Exception):
@@ -145,7 +146,7 @@ class SegmentStore:
         """Write ``image`` and then ``row`` (given its ``image`` path) to the open segment.
         Raises :class:`BudgetExceeded`, or OSError when the disk refuses."""
         # The row's JSON object, opened again after its last member to add the image's path.
-        body = json.dumps(row, ensure_ascii=False)[:-1]
+        body = _ROWS.encode(row)[:-1]
         # An upper bound of what the row adds: its line (the image path included), one
         # block of rounding, and the image folder's block when a segment opens.
         need = blocks(len(image)) + len(body.encode()) + _PATH_BOUND + 2 * BLOCK
@@ -162,8 +163,9 @@ class SegmentStore:
         # and a crash's half-written images go with their unfinished segment (adopt).
         self._put(segment, name, image)
         segment.cost += blocks(len(image))
-        path = json.dumps(f"{IMAGES}/{segment.stem}/{name}")
-        data = f'{body}, "image": {path}}}\n'.encode()
+        # The path needs no JSON escaping: the stem, the number and the extension are ASCII
+        # letters, digits, dashes and dots.
+        data = f'{body}, "image": "{IMAGES}/{segment.stem}/{name}"}}\n'.encode()
         assert segment.file is not None
         segment.file.write(data)
         segment.cost += blocks(segment.rows_bytes + len(data)) - blocks(segment.rows_bytes)
