@@ -158,7 +158,8 @@ class AdaptiveBatcher:
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Admitted]:
         """Count a request admission control let in, as one queued item, until its items
-        reach the queue (:meth:`predict`, in the same task) or it ends."""
+        reach the queue (:meth:`predict`, in the same task) or it ends. A request that goes
+        to another batcher instead (a canary version's) is counted here until it ends."""
         admitted = Admitted(self)
         self._admitted += 1
         token = _ADMITTED.set(admitted)
