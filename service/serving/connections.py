@@ -47,6 +47,7 @@ from service.serving.api.middleware.observability import (
     request_id_of,
 )
 from service.serving.api.state import AppState
+from service.serving.metrics import count_refusal
 from service.serving.settings import Settings
 
 log = logging.getLogger("mmserve.connections")
@@ -152,6 +153,7 @@ class GuardedProtocol(HttpToolsProtocol):
         refusal = admission.refusal(path)
         if refusal is None:
             return False
+        count_refusal(refusal, "admission")
         scope = cast(Scope, self.scope)  # uvicorn's typed scope, as the app sees it
         scope["method"] = "POST"
         scope["path"] = path

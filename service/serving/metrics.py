@@ -23,6 +23,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
+
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_DIR_ENV))
 """Whether this process writes its samples for a group of workers: decided once, at import,
@@ -68,6 +70,34 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by method, route template and status code.",
     ("method", "route", "status"),
 )
+REQUESTS_REFUSED = Counter(
+    "mmserve_requests_refused",
+    "Requests refused with 503 and Retry-After, by reason (draining; in_flight: "
+    "max_in_flight requests being handled; queue_full: the model's queue, the requests on "
+    "their way to it included; unavailable: a model version closed under the request) and "
+    "stage (admission: before the body was read; handler: after it, the work done so far "
+    "thrown away).",
+    ("reason", "stage"),
+)
+_REFUSED: dict[tuple[str, str], Counter] = {}  # one child per label set: a dict lookup
+
+
+def count_refusal(error: ServiceUnavailable, stage: str) -> None:
+    """Count a 503 refusal (``stage``: ``admission`` or ``handler``)."""
+    if isinstance(error, ShuttingDown):
+        reason = "draining"
+    elif isinstance(error, QueueFull):
+        reason = "queue_full"
+    elif isinstance(error, Overloaded):
+        reason = "in_flight"
+    else:
+        reason = "unavailable"
+    child = _REFUSED.get((reason, stage))
+    if child is None:
+        child = _REFUSED[reason, stage] = REQUESTS_REFUSED.labels(reason, stage)
+    child.inc()
+
+
 HTTP_SECONDS = Histogram(
     "mmserve_http_request_duration_seconds",
     "Time from a request's arrival to the end of its response, by method, route template "

@@ -118,8 +118,12 @@ def test_a_draining_service_refuses_before_reading_the_body(tmp_path: Path) -> N
     settings = _settings(tmp_path)
     app = create_app(settings, classifier=FakeClassifier())
     with serving(app, settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        before = _refusals_counted(url, "draining", "admission")
         start_draining(app)
         status, headers, body, elapsed = _refused_without_body(port)
+        counted = _refusals_counted(url, "draining", "admission") - before
+    assert counted == 1
     assert status == 503
     assert body["error"]["code"] == "shutting_down"  # type: ignore[index]
     assert headers["retry-after"] == "5" and headers["connection"] == "close"
@@ -133,6 +137,7 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
         counted_before = _requests_counted(url, "/v1/predict", "503")
+        in_flight_before = _refusals_counted(url, "in_flight", "admission")
         holder = _occupy(url, gated)
         status, headers, body, _ = _refused_without_body(port)
         health = httpx.get(f"{url}/health/live", timeout=10)  # GETs are never capped
@@ -143,6 +148,8 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
             small_served = _exchange(kept, _small_request())
         after = _predict(url)
         refused_count = _requests_counted(url, "/v1/predict", "503") - counted_before
+        by_reason = _refusals_counted(url, "in_flight", "admission") - in_flight_before
+    assert by_reason == 2
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "limit 1" in body["error"]["message"]  # type: ignore[index]
@@ -221,12 +228,15 @@ def test_a_full_queue_refuses_before_the_body_is_read(
     settings = _settings(tmp_path, max_queue_items=1)
     with serving(create_app(settings, classifier=gated), settings) as port:
         url = f"http://127.0.0.1:{port}"
+        before = _refusals_counted(url, "queue_full", "admission")
         running = _occupy(url, gated)  # the model is busy with the first request
         queued = threading.Thread(target=_predict, args=(url,))
         queued.start()
         poll(lambda: _queue_depth(url) >= 1, "the second request to queue")
         status, headers, body, _ = _refused_without_body(port)
         gated.release(running, queued)
+        counted = _refusals_counted(url, "queue_full", "admission") - before
+    assert counted == 1
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "queue" in body["error"]["message"]  # type: ignore[index]
@@ -263,6 +273,45 @@ def test_requests_let_in_and_still_sending_fill_the_queue(
     assert "0 items and 2 requests are on their way" in body["error"]["message"]  # type: ignore[index]
     assert all(answer.startswith(b"http/1.1 200") for answer in answers)
     assert after.status_code == 200 and batcher.admitted_requests == 0
+
+
+def _refusals_counted(url: str, reason: str, stage: str) -> float:
+    """``mmserve_requests_refused_total`` for one reason and stage."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "mmserve_requests_refused_total"
+                and sample.labels.get("reason") == reason
+                and sample.labels.get("stage") == stage
+            ):
+                return float(sample.value)
+    return 0.0
+
+
+def test_a_request_refused_after_its_body_is_counted_at_the_handler_stage(
+    tmp_path: Path, gated: GatedClassifier
+) -> None:
+    """A request of more items than the queue has room for is let in (it counts as one
+    item until it gets there) and refused at the queue, after its body was read: the
+    metric says so, apart from the refusals made before the body."""
+    settings = _settings(tmp_path, max_queue_items=2)
+    with serving(create_app(settings, classifier=gated), settings) as port:
+        url = f"http://127.0.0.1:{port}"
+        before = _refusals_counted(url, "queue_full", "handler")
+        running = _occupy(url, gated)
+        queued = threading.Thread(target=_predict, args=(url,))
+        queued.start()
+        poll(lambda: _queue_depth(url) >= 1, "the second request to queue")
+        images = [("image", (f"{i}.png", image_bytes())) for i in range(2)]
+        batch = httpx.post(
+            f"{url}/v1/predict/batch", files=images, data={"text": ["a", "b"]}, timeout=30
+        )
+        gated.release(running, queued)
+        after = _refusals_counted(url, "queue_full", "handler")
+    assert batch.status_code == 503 and batch.headers["retry-after"] == "1"
+    assert "the queue holds 1 items" in batch.json()["error"]["message"]
+    assert after - before == 1
 
 
 def _queue_depth(url: str) -> float:

@@ -11,8 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError, UnprocessableInput
+from service.errors import ServiceError, ServiceUnavailable, UnprocessableInput
 from service.serving.api.v1.schemas import ErrorResponse
+from service.serving.metrics import count_refusal
 
 log = logging.getLogger("mmserve.api")
 
@@ -89,6 +90,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    if isinstance(exc, ServiceUnavailable):
+        count_refusal(exc, "handler")
     return error_json(
         exc.status_code, exc.code, exc.message, exc.headers or None, path=request.url.path
     )

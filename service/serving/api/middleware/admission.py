@@ -33,6 +33,7 @@ from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDo
 from service.serving.api.errors import error_json
 from service.serving.api.state import AppState, app_state
 from service.serving.inference.batching import AdaptiveBatcher
+from service.serving.metrics import count_refusal
 
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/]+)/")
 
@@ -108,6 +109,7 @@ class AdmissionControl:
         admission = self._admission
         refusal, batcher = admission.decide(scope["path"])
         if refusal is not None:
+            count_refusal(refusal, "admission")
             headers = dict(refusal.headers)
             if closes(scope, refusal):
                 headers["Connection"] = "close"
