@@ -209,17 +209,24 @@ def _read_answers(sock: socket.socket, count: int) -> list[bytes]:
     return answers
 
 
-def _requests_counted(url: str, route: str, status: str) -> float:
+def _counted(url: str, sample_name: str, **labels: str) -> float:
+    """The value of the ``/metrics`` sample of that name with those labels (0 when none)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (
-                sample.name == "mmserve_http_requests_total"
-                and sample.labels.get("route") == route
-                and sample.labels.get("status") == status
+            if sample.name == sample_name and all(
+                sample.labels.get(key) == value for key, value in labels.items()
             ):
                 return float(sample.value)
     return 0.0
+
+
+def _requests_counted(url: str, route: str, status: str) -> float:
+    return _counted(url, "mmserve_http_requests_total", route=route, status=status)
+
+
+def _refusals_counted(url: str, reason: str, stage: str) -> float:
+    return _counted(url, "mmserve_requests_refused_total", reason=reason, stage=stage)
 
 
 def test_a_full_queue_refuses_before_the_body_is_read(
@@ -273,20 +280,6 @@ def test_requests_let_in_and_still_sending_fill_the_queue(
     assert "0 items and 2 requests are on their way" in body["error"]["message"]  # type: ignore[index]
     assert all(answer.startswith(b"http/1.1 200") for answer in answers)
     assert after.status_code == 200 and batcher.admitted_requests == 0
-
-
-def _refusals_counted(url: str, reason: str, stage: str) -> float:
-    """``mmserve_requests_refused_total`` for one reason and stage."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name == "mmserve_requests_refused_total"
-                and sample.labels.get("reason") == reason
-                and sample.labels.get("stage") == stage
-            ):
-                return float(sample.value)
-    return 0.0
 
 
 def test_a_request_refused_after_its_body_is_counted_at_the_handler_stage(
