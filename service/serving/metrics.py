@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from prometheus_client import (
@@ -79,10 +80,16 @@ REQUESTS_REFUSED = Counter(
     "thrown away).",
     ("reason", "stage"),
 )
-_REFUSED: dict[tuple[str, str], Counter] = {}  # one child per label set: a dict lookup
+# One child per label set, made now so that every series is exported (at 0) before the
+# first refusal; then counting is a dict lookup.
+_REFUSED: dict[tuple[str, str], Counter] = {
+    (reason, stage): REQUESTS_REFUSED.labels(reason, stage)
+    for reason in ("draining", "in_flight", "queue_full", "unavailable")
+    for stage in ("admission", "handler")
+}
 
 
-def count_refusal(error: ServiceUnavailable, stage: str) -> None:
+def count_refusal(error: ServiceUnavailable, stage: Literal["admission", "handler"]) -> None:
     """Count a 503 refusal (``stage``: ``admission`` or ``handler``)."""
     if isinstance(error, ShuttingDown):
         reason = "draining"
@@ -92,10 +99,7 @@ def count_refusal(error: ServiceUnavailable, stage: str) -> None:
         reason = "in_flight"
     else:
         reason = "unavailable"
-    child = _REFUSED.get((reason, stage))
-    if child is None:
-        child = _REFUSED[reason, stage] = REQUESTS_REFUSED.labels(reason, stage)
-    child.inc()
+    _REFUSED[reason, stage].inc()
 
 
 HTTP_SECONDS = Histogram(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.serving.api.draining import start_draining
@@ -280,6 +281,20 @@ def test_requests_let_in_and_still_sending_fill_the_queue(
     assert "0 items and 2 requests are on their way" in body["error"]["message"]  # type: ignore[index]
     assert all(answer.startswith(b"http/1.1 200") for answer in answers)
     assert after.status_code == 200 and batcher.admitted_requests == 0
+
+
+def test_every_refusal_series_is_exported_before_the_first_refusal(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    with TestClient(create_app(settings, classifier=FakeClassifier())) as client:
+        text = client.get("/metrics").text
+    series = {
+        (sample.labels["reason"], sample.labels["stage"])
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mmserve_requests_refused_total"
+    }
+    reasons = ("draining", "in_flight", "queue_full", "unavailable")
+    assert series == {(r, s) for r in reasons for s in ("admission", "handler")}
 
 
 def test_a_request_refused_after_its_body_is_counted_at_the_handler_stage(
