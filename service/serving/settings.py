@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Most items waiting for the model, each request already let in and "
         "still on its way to the queue (its body being read, its images decoded) counted as "
-        "one; more get 503 with Retry-After, before their body is read.",
+        "one; more get 503 with Retry-After before their body is read (a request of more "
+        "items than the room left: once they are decoded).",
     )
     request_timeout_s: float = Field(
         30.0,
