@@ -43,7 +43,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import eventloop
 from bench.inputs import generate
@@ -197,8 +199,11 @@ class Load:
     jitter: float = JITTER  # ... lengthened by a random share up to this
 
     async def measured(self, client: str, run: Awaitable[Tally]) -> dict[str, object]:
-        """The JSON of a run of ``client``: ``run`` drives the load and returns its tally."""
+        """The JSON of a run of ``client``: ``run`` drives the load and returns its tally.
+        With the server's ``pid``, also its CPU time and, from its ``/metrics``, its
+        refusals by stage (``admission``: before the body; ``handler``: after it)."""
         cpu0 = _tree_cpu(self.pid) if self.pid else 0.0
+        refused0 = await server_refusals(self.port) if self.pid else None
         tally = await run
         result: dict[str, object] = {
             "client": client,
@@ -210,7 +215,40 @@ class Load:
         }
         if self.pid:
             result["server_cpu_s"] = round(_tree_cpu(self.pid) - cpu0, 2)
+            refused = await server_refusals(self.port)
+            if refused is not None and refused0 is not None:
+                result["server_refusals"] = {
+                    stage: count - refused0.get(stage, 0) for stage, count in refused.items()
+                }
         return result
+
+
+async def server_refusals(port: int) -> dict[str, float] | None:
+    """The service's ``mmserve_requests_refused_total`` summed by stage, from its
+    ``/metrics``; None when that cannot be read (another server, or keys required)."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return refusals_by_stage(response.text)
+
+
+def refusals_by_stage(exposition: str) -> dict[str, float] | None:
+    """``mmserve_requests_refused_total`` in a Prometheus exposition, summed by stage; None
+    when it holds no such sample."""
+    stages: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                if sample.name == "mmserve_requests_refused_total":
+                    stage = sample.labels.get("stage", "")
+                    stages[stage] = stages.get(stage, 0.0) + sample.value
+    except ValueError:  # not an exposition
+        return None
+    return stages or None
 
 
 async def closed_loop(load: Load) -> dict[str, object]:

@@ -88,3 +88,16 @@ def test_both_clients_count_answers_and_honour_retry_after(client: str, port: in
     eager_refused = eager["503"]
     assert isinstance(eager_refused, dict)
     assert eager_refused["count"] > 5 * refused["count"], "at once, refusals come fast"
+
+
+def test_the_server_refusals_are_summed_by_stage() -> None:
+    exposition = (
+        "# TYPE mmserve_requests_refused_total counter\n"
+        'mmserve_requests_refused_total{reason="queue_full",stage="admission"} 7.0\n'
+        'mmserve_requests_refused_total{reason="in_flight",stage="admission"} 2.0\n'
+        'mmserve_requests_refused_total{reason="queue_full",stage="handler"} 1.0\n'
+        "# TYPE mmserve_http_requests_total counter\n"
+        'mmserve_http_requests_total{method="POST",route="/v1/predict",status="503"} 10.0\n'
+    )
+    assert stress.refusals_by_stage(exposition) == {"admission": 9.0, "handler": 1.0}
+    assert stress.refusals_by_stage("{}") is None  # not a service's exposition
