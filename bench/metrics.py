@@ -1,4 +1,5 @@
-"""The service's own count of batch sizes, read from its Prometheus ``/metrics`` endpoint."""
+"""The service's own counts read from its Prometheus ``/metrics`` endpoint: batch sizes, and
+refusals by stage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 BATCH_SIZE_METRIC = "mmserve_batch_size"
+REFUSED_METRIC = "mmserve_requests_refused_total"
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,26 @@ def mean_between(before: HistogramTotals | None, after: HistogramTotals | None) 
         return None
     count = after.count - before.count
     return (after.total - before.total) / count if count > 0 else None
+
+
+async def read_refusals(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
+    """The service's refusals summed by stage (``admission``: before the body was read;
+    ``handler``: after it), or None when ``url`` serves no such counter in Prometheus text
+    format (another server, or keys required)."""
+    response = await client.get(url)
+    return refusals_by_stage(response.text) if response.status_code == 200 else None
+
+
+def refusals_by_stage(text: str) -> dict[str, float] | None:
+    """``mmserve_requests_refused_total`` in Prometheus text ``text``, summed by stage; None
+    when it holds no such sample, or ``text`` is not Prometheus text."""
+    stages: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == REFUSED_METRIC:
+                    stage = sample.labels.get("stage", "")
+                    stages[stage] = stages.get(stage, 0.0) + sample.value
+    except ValueError:  # something answers at /metrics, but not in Prometheus text format
+        return None
+    return stages or None

@@ -45,9 +45,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench import eventloop
+from bench import eventloop, metrics
 from bench.inputs import generate
 from service.client.core import JITTER, RetryPolicy
 
@@ -224,31 +223,13 @@ class Load:
 
 
 async def server_refusals(port: int) -> dict[str, float] | None:
-    """The service's ``mmserve_requests_refused_total`` summed by stage, from its
-    ``/metrics``; None when that cannot be read (another server, or keys required)."""
+    """The service's refusals by stage (:func:`bench.metrics.read_refusals`); None when they
+    cannot be read."""
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            return await metrics.read_refusals(client, f"http://127.0.0.1:{port}/metrics")
     except httpx.HTTPError:
         return None
-    if response.status_code != 200:
-        return None
-    return refusals_by_stage(response.text)
-
-
-def refusals_by_stage(exposition: str) -> dict[str, float] | None:
-    """``mmserve_requests_refused_total`` in a Prometheus exposition, summed by stage; None
-    when it holds no such sample."""
-    stages: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(exposition):
-            for sample in family.samples:
-                if sample.name == "mmserve_requests_refused_total":
-                    stage = sample.labels.get("stage", "")
-                    stages[stage] = stages.get(stage, 0.0) + sample.value
-    except ValueError:  # not an exposition
-        return None
-    return stages or None
 
 
 async def closed_loop(load: Load) -> dict[str, object]:

@@ -24,7 +24,7 @@ from service.serving.app import create_app
 from service.serving.settings import Settings
 from tests.support.fakes import FakeClassifier, image_bytes
 from tests.support.live import connect, free_port, multipart_head, read_response, serving
-from tests.support.probes import poll
+from tests.support.probes import metric_value, poll
 
 DECLARED = 5_000_000
 """The body size refused requests declare; they send only its first bytes."""
@@ -210,24 +210,12 @@ def _read_answers(sock: socket.socket, count: int) -> list[bytes]:
     return answers
 
 
-def _counted(url: str, sample_name: str, **labels: str) -> float:
-    """The value of the ``/metrics`` sample of that name with those labels (0 when none)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == sample_name and all(
-                sample.labels.get(key) == value for key, value in labels.items()
-            ):
-                return float(sample.value)
-    return 0.0
-
-
 def _requests_counted(url: str, route: str, status: str) -> float:
-    return _counted(url, "mmserve_http_requests_total", route=route, status=status)
+    return metric_value(url, "mmserve_http_requests_total", route=route, status=status)
 
 
 def _refusals_counted(url: str, reason: str, stage: str) -> float:
-    return _counted(url, "mmserve_requests_refused_total", reason=reason, stage=stage)
+    return metric_value(url, "mmserve_requests_refused_total", reason=reason, stage=stage)
 
 
 def test_a_full_queue_refuses_before_the_body_is_read(
@@ -323,8 +311,4 @@ def test_a_request_refused_after_its_body_is_counted_at_the_handler_stage(
 
 
 def _queue_depth(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("mmserve_queue_depth "):
-            return float(line.split()[1])
-    return 0.0
+    return metric_value(url, "mmserve_queue_depth")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bench import eventloop, stress
+from bench import eventloop, metrics, stress
 
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0.2\r\nConnection: close\r\n"
@@ -99,5 +99,5 @@ def test_the_server_refusals_are_summed_by_stage() -> None:
         "# TYPE mmserve_http_requests_total counter\n"
         'mmserve_http_requests_total{method="POST",route="/v1/predict",status="503"} 10.0\n'
     )
-    assert stress.refusals_by_stage(exposition) == {"admission": 9.0, "handler": 1.0}
-    assert stress.refusals_by_stage("{}") is None  # not a service's exposition
+    assert metrics.refusals_by_stage(exposition) == {"admission": 9.0, "handler": 1.0}
+    assert metrics.refusals_by_stage("{}") is None  # not a service's exposition

@@ -44,6 +44,19 @@ def multipart(image: bytes, text: str) -> tuple[str, bytes]:
     return f"multipart/form-data; boundary={boundary}", body
 
 
+def metric_value(url: str, sample_name: str, **labels: str) -> float:
+    """The value of the server's ``/metrics`` sample of that name with those labels (0 when
+    it has none)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == sample_name and all(
+                sample.labels.get(key) == value for key, value in labels.items()
+            ):
+                return float(sample.value)
+    return 0.0
+
+
 def in_flight(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
