@@ -1,5 +1,5 @@
-"""The service's own counts read from its Prometheus ``/metrics`` endpoint: batch sizes, and
-refusals by stage."""
+"""The service's own counts read from its Prometheus ``/metrics`` endpoint: batch sizes,
+refusals by stage, and any sum of samples."""
 
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ def mean_between(before: HistogramTotals | None, after: HistogramTotals | None) 
         return None
     count = after.count - before.count
     return (after.total - before.total) / count if count > 0 else None
+
+
+def sample_sum(text: str, name: str) -> float:
+    """The sum of every sample named ``name`` (a counter's ``<name>_total``, say) in
+    Prometheus text ``text``, over all label sets; 0 when there is none."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 async def read_refusals(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
