@@ -1,13 +1,16 @@
-"""What capturing traffic costs: two `mmserve serve` processes up at once, one capturing
-(at rate 1.0 unless --rate) and one not, loaded in turn by wrk at a fixed concurrency.
+"""What capturing traffic costs: `mmserve serve` capturing (at rate 1.0 unless --rate) and
+not, loaded in turn by wrk at a fixed concurrency.
 
-Each round loads both, one after the other, and the order alternates from round to round
-(off then on, on then off, ...), so that a drift in the machine's speed falls on both
-alike. A round's pair gives one ratio (captured ÷ off); the cost reported is the median of
-the rounds' ratios, with their range. Starting the two servers once, rather than a fresh
-server per phase, makes a round cost only its two loaded phases, so a run can afford the
-ten or more rounds it takes to pin a p99 ratio down to a few percent. After each captured
-phase, the capture folder's disk use is checked against its budget.
+Each round starts a fresh pair of servers, one capturing and one not, and loads both, one
+after the other; the order alternates from round to round (off then on, on then off, ...),
+so that a drift in the machine's speed falls on both alike. A round's pair gives one ratio
+(captured ÷ off); the cost reported is the median of the rounds' ratios, with their range.
+Fresh servers every round, because one server process can run several percent faster or
+slower than another of the same code for as long as it lives (measured: three servers
+started together held 1,490, 1,380 and 1,390 req/s at concurrency 64 over two rounds each):
+a pair kept for the whole run would carry its own bias into every round. After each
+captured phase, once the writers have settled, the capture folder's disk use is checked
+against its budget.
 
     python -m bench.capture --model-store model_store --model-name demo
 
@@ -203,50 +206,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, folder: Path) -> list[Phase]:
-    """Both servers up; ``args.rounds`` rounds of one phase each, the order alternating."""
+    """``args.rounds`` rounds, each on a fresh pair of servers, the order alternating."""
     samples = inputs.generate()
     payloads = [bodies.encode_multipart(sample) for sample in samples]
     args.content_type = payloads[0].content_type
     body_list = folder / "bodies.txt"
     body_list.write_text("\n".join(map(str, bodies.write(payloads, folder / "bodies"))) + "\n")
-    captured = folder / "captured"
-    env = {
-        "MMSERVE_ACCESS_LOG": "false",
-        "MMSERVE_RELOAD_POLL_S": "0",
-        # This checkout's code, whichever checkout the environment was installed from.
-        "PYTHONPATH": str(servers.ROOT),
-    }
-    capturing = env | {
-        "MMSERVE_CAPTURE_DIR": str(captured),
-        "MMSERVE_CAPTURE_RATE": str(args.rate),
-        "MMSERVE_CAPTURE_MAX_BYTES": str(args.budget),
-    }
-    with contextlib.ExitStack() as stack:
-        up = {}
-        for name, server_env in (("off", env), ("on", capturing)):
-            port = servers.free_port()
-            command = servers.service_command(
-                port, args.model_store, args.model_name, workers=args.workers
-            )
-            up[name] = stack.enter_context(
-                servers.running(
-                    f"mmserve (capture {name})",
-                    command,
-                    port,
-                    "/health/ready",
-                    Path(tempfile.mkdtemp()) / "server.log",
-                    env=servers.server_env(server_env),
-                    timeout_s=_READY_TIMEOUT_S,
-                )
-            )
-        phases = []
-        for round_ in range(args.rounds):
+    phases = []
+    for round_ in range(args.rounds):
+        captured = folder / f"captured-{round_}"
+        with contextlib.ExitStack() as stack:
+            up = {
+                name: stack.enter_context(_server(args, name, captured)) for name in ("off", "on")
+            }
             order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
             for name in order:
                 target = captured if name == "on" else None
                 phases.append(run_phase(args, body_list, round_, up[name], target))
                 print(_line(phases[-1]), file=sys.stderr, flush=True)
     return phases
+
+
+def _server(
+    args: argparse.Namespace, name: str, captured: Path
+) -> contextlib.AbstractContextManager[servers.ServerProcess]:
+    """A server capturing into ``captured`` (``name`` ``on``) or not (``off``), once ready."""
+    env = {
+        "MMSERVE_ACCESS_LOG": "false",
+        "MMSERVE_RELOAD_POLL_S": "0",
+        # This checkout's code, whichever checkout the environment was installed from.
+        "PYTHONPATH": str(servers.ROOT),
+    }
+    if name == "on":
+        env |= {
+            "MMSERVE_CAPTURE_DIR": str(captured),
+            "MMSERVE_CAPTURE_RATE": str(args.rate),
+            "MMSERVE_CAPTURE_MAX_BYTES": str(args.budget),
+        }
+    port = servers.free_port()
+    return servers.running(
+        f"mmserve (capture {name})",
+        servers.service_command(port, args.model_store, args.model_name, workers=args.workers),
+        port,
+        "/health/ready",
+        Path(tempfile.mkdtemp()) / "server.log",
+        env=servers.server_env(env),
+        timeout_s=_READY_TIMEOUT_S,
+    )
 
 
 def _line(phase: Phase) -> str:
