@@ -149,6 +149,8 @@ class UnpairedParts(UnprocessableInput):
 class ServiceUnavailable(ServiceError):
     status_code = 503
     code = "unavailable"
+    refusal_reason = "unavailable"
+    """Why the request was refused, as ``mmserve_requests_refused_total`` counts it."""
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -163,16 +165,20 @@ class Overloaded(ServiceUnavailable):
     """The service is at a capacity limit: the client should retry later."""
 
     code = "overloaded"
+    refusal_reason = "in_flight"
 
 
 class QueueFull(Overloaded):
     """The batcher's queue holds as many items as it may."""
+
+    refusal_reason = "queue_full"
 
 
 class ShuttingDown(ServiceUnavailable):
     """The process received SIGTERM: requests in flight finish, new ones go elsewhere."""
 
     code = "shutting_down"
+    refusal_reason = "draining"
 
 
 class DeadlineExceeded(ServiceError):

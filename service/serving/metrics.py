@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
+from service.errors import ServiceUnavailable
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_DIR_ENV))
@@ -90,16 +90,9 @@ _REFUSED: dict[tuple[str, str], Counter] = {
 
 
 def count_refusal(error: ServiceUnavailable, stage: Literal["admission", "handler"]) -> None:
-    """Count a 503 refusal (``stage``: ``admission`` or ``handler``)."""
-    if isinstance(error, ShuttingDown):
-        reason = "draining"
-    elif isinstance(error, QueueFull):
-        reason = "queue_full"
-    elif isinstance(error, Overloaded):
-        reason = "in_flight"
-    else:
-        reason = "unavailable"
-    _REFUSED[reason, stage].inc()
+    """Count a 503 refusal (``stage``: ``admission`` or ``handler``) under its error's
+    ``refusal_reason``."""
+    _REFUSED[error.refusal_reason, stage].inc()
 
 
 HTTP_SECONDS = Histogram(

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.errors import ServiceUnavailable
 from service.serving.api.draining import start_draining
 from service.serving.api.state import app_state
 from service.serving.app import create_app
@@ -283,6 +284,19 @@ def test_every_refusal_series_is_exported_before_the_first_refusal(tmp_path: Pat
     }
     reasons = ("draining", "in_flight", "queue_full", "unavailable")
     assert series == {(r, s) for r in reasons for s in ("admission", "handler")}
+    # Every kind of 503 is counted under one of those series (a new kind with a reason of
+    # its own would have no series to count in).
+    kinds, unseen = [], [ServiceUnavailable]
+    while unseen:
+        kind = unseen.pop()
+        kinds.append(kind)
+        unseen += kind.__subclasses__()
+    assert {kind.__name__: kind.refusal_reason for kind in kinds} == {
+        "ServiceUnavailable": "unavailable",
+        "Overloaded": "in_flight",
+        "QueueFull": "queue_full",
+        "ShuttingDown": "draining",
+    }
 
 
 def test_a_request_refused_after_its_body_is_counted_at_the_handler_stage(
