@@ -112,8 +112,8 @@ def _settled(base_url: str) -> tuple[float, float]:
 
 def _counts(base_url: str) -> tuple[float, float]:
     """Pairs written and dropped so far, from the server's metrics."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return metrics.sample_sum(text, WRITTEN), metrics.sample_sum(text, DROPPED)
+    sums = metrics.sample_sums(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    return sums.get(WRITTEN, 0.0), sums.get(DROPPED, 0.0)
 
 
 def run_phase(

@@ -3,10 +3,12 @@ refusals by stage, and any sum of samples."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 BATCH_SIZE_METRIC = "mmserve_batch_size"
 REFUSED_METRIC = "mmserve_requests_refused_total"
@@ -53,15 +55,19 @@ def mean_between(before: HistogramTotals | None, after: HistogramTotals | None) 
     return (after.total - before.total) / count if count > 0 else None
 
 
+def sample_sums(text: str) -> dict[str, float]:
+    """Every sample name in Prometheus text ``text`` (a counter's ``<name>_total``, say) with
+    the sum of its samples over all label sets."""
+    sums: dict[str, float] = {}
+    for sample in _samples(text):
+        sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
+
+
 def sample_sum(text: str, name: str) -> float:
-    """The sum of every sample named ``name`` (a counter's ``<name>_total``, say) in
-    Prometheus text ``text``, over all label sets; 0 when there is none."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
+    """The sum of every sample named ``name`` in ``text``, over all label sets; 0 when there
+    is none."""
+    return sample_sums(text).get(name, 0.0)
 
 
 async def read_refusals(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
@@ -77,11 +83,17 @@ def refusals_by_stage(text: str) -> dict[str, float] | None:
     when it holds no such sample, or ``text`` is not Prometheus text."""
     stages: dict[str, float] = {}
     try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == REFUSED_METRIC:
-                    stage = sample.labels.get("stage", "")
-                    stages[stage] = stages.get(stage, 0.0) + sample.value
+        for sample in _samples(text):
+            if sample.name == REFUSED_METRIC:
+                stage = sample.labels.get("stage", "")
+                stages[stage] = stages.get(stage, 0.0) + sample.value
     except ValueError:  # something answers at /metrics, but not in Prometheus text format
         return None
     return stages or None
+
+
+def _samples(text: str) -> Iterator[Sample]:
+    """Every sample of every family in Prometheus text ``text`` (raises ValueError when it
+    is not Prometheus text)."""
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
