@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
+from service.timestamps import utc_millis
+
 LogFormat = Literal["json", "text"]
 """How the ``mmserve`` loggers write records."""
 
@@ -28,20 +30,6 @@ _STANDARD_ATTRS = frozenset(
 
 # Built once: json.dumps with any option builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
-
-_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
-
-
-def log_time(created: float) -> str:
-    """``created`` (seconds since the epoch) as UTC ISO-8601 to the millisecond; the text up
-    to the second is kept from one call to the next."""
-    global _second
-    second, micros = divmod(round(created * 1_000_000), 1_000_000)
-    cached, text = _second
-    if second != cached:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = (second, text)
-    return f"{text}.{micros // 1000:03d}+00:00"
 
 
 def _json_value(value: object) -> str:
@@ -60,7 +48,7 @@ def json_line(level: str, logger: str, message: str, fields: Mapping[str, object
     (its ``extra=``), built without the record."""
     parts = [
         '{"time":"',
-        log_time(time.time()),
+        utc_millis(time.time()),
         '","level":',
         encode_basestring_ascii(level),
         ',"logger":',
@@ -80,7 +68,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": log_time(record.created),
+            "time": utc_millis(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

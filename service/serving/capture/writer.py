@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import numpy as np
 from service.preprocessing import FILE_EXTENSIONS, image_format
 from service.serving.capture.segments import BudgetExceeded, SegmentStore
 from service.serving.metrics import CAPTURE_BYTES, CAPTURE_DROPPED, CAPTURE_PRUNED, CAPTURE_WRITTEN
+from service.timestamps import utc_millis
 
 log = logging.getLogger("mmserve.capture")
 
@@ -161,7 +161,7 @@ class CaptureWriter:
 
     def _write(self, capture: Capture) -> int:
         """Write a capture's pairs; returns how many were written."""
-        when = datetime.fromtimestamp(capture.time, UTC).isoformat(timespec="milliseconds")
+        when = utc_millis(capture.time)
         written = 0
         for image, text, index in capture.pairs:
             answer = capture.probabilities[index].tolist()
