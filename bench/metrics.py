@@ -64,12 +64,6 @@ def sample_sums(text: str) -> dict[str, float]:
     return sums
 
 
-def sample_sum(text: str, name: str) -> float:
-    """The sum of every sample named ``name`` in ``text``, over all label sets; 0 when there
-    is none."""
-    return sample_sums(text).get(name, 0.0)
-
-
 async def read_refusals(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
     """The service's refusals summed by stage (``admission``: before the body was read;
     ``handler``: after it), or None when ``url`` serves no such counter in Prometheus text
