@@ -7,7 +7,7 @@ MODEL_STORE ?= model_store
 MODEL_NAME ?= demo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model serve train-demo test bench bench-mobilenet lint clean
+.PHONY: setup model serve train-demo test bench bench-rounds bench-mobilenet lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ test: setup
 bench: model
 	$(VENV)/bin/python -m bench.run --model-store $(MODEL_STORE) --model-name $(MODEL_NAME) \
 		$(BENCH_ARGS)
+
+# The closed loop of the service (2 workers) and mosec at concurrency 32 and 64, repeated on
+# fresh servers for 5 rounds (about 8 minutes): each figure's median and range, and the
+# service's req/s over mosec's paired within each round, to tell a difference from the
+# spread between runs. Prints Markdown; writes bench/results/rounds-<UTC time>.json.
+bench-rounds: model
+	$(VENV)/bin/python -m bench.rounds --model-store $(MODEL_STORE) --model-name $(MODEL_NAME) \
+		--workers 2 $(BENCH_ARGS)
 
 # The same with mobilenet_v3_small at 224x224 (weights none), where the model dominates the
 # cost; trains it first (a few minutes) when the store lacks it; writes

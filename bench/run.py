@@ -33,7 +33,7 @@ from bench.wrk import WrkFailed
 from service import model_store
 from service.errors import ServiceError
 
-_ENCODERS = {
+ENCODERS = {
     targets.MULTIPART: encode_multipart,
     targets.MSGPACK: encode_msgpack,
     targets.V2_JSON: encode_v2_json,
@@ -59,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     if generator.name != "wrk":
         notes.append(generator_note)
-    plan, peers = _plan(config, version.path, notes)
+    plan, peers = plan_targets(config, version.path, notes)
     runs: dict[str, TargetRun] = {}
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as tmp:
         work = Path(tmp)
         inputs.save(samples, work / "images")
         bodies = {
-            fmt: closedloop.body_set(fmt, [_ENCODERS[fmt](s) for s in samples], work / fmt)
+            fmt: closedloop.body_set(fmt, [ENCODERS[fmt](s) for s in samples], work / fmt)
             for fmt in {t.body_format for t in plan}
         }
         try:
@@ -196,7 +196,7 @@ def _model(config: Config) -> model_store.ModelVersion:
     return model_store.resolve(config.model_store, config.model_name)
 
 
-def _plan(
+def plan_targets(
     config: Config, version_path: Path, notes: list[str]
 ) -> tuple[list[targets.Target], list[peer_envs.PeerEnv]]:
     """The servers to drive, in order, and the peer venvs they use."""

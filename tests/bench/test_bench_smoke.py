@@ -181,13 +181,13 @@ def test_profile_reduces_to_own_and_total_shares() -> None:
 def test_worker_counts_and_server_options_reach_mmserve_serve(tmp_path: Path) -> None:
     argv = ["--workers", "1,2", "--server-args", "--log-level info", "--peers", ""]
     config = parse_config([*argv, "--skip", "naive,floor"])
-    plan, peers = run._plan(config, tmp_path, [])
+    plan, peers = run.plan_targets(config, tmp_path, [])
     assert peers == [] and [t.name for t in plan] == ["service w1", "service w2"]
     for target, workers in zip(plan, ("1", "2"), strict=True):
         command = target.command(8123, tmp_path)
         assert "serve" in command
         assert command[-4:] == ["--log-level", "info", "--workers", workers]
-    assert [t.name for t in run._plan(parse_config(["--peers", ""]), tmp_path, [])[0]] == [
+    assert [t.name for t in run.plan_targets(parse_config(["--peers", ""]), tmp_path, [])[0]] == [
         "service",
         "floor",
         "naive",
