@@ -62,6 +62,10 @@ class ImageDecoder:
                 raise type(result)(f"image {i}: {result.message}") from result
             if isinstance(result, BaseException):
                 raise result
+        if len(files) == 1 and files[0] is not None:
+            # One decoded image (the usual request): a view of it with a batch axis. Nothing
+            # else holds it, and np.stack's copy cost the event loop 30 us of CPU here.
+            return results[0][np.newaxis]  # type: ignore[index]
         return np.stack(results)  # type: ignore[arg-type]
 
     def close(self) -> None:
