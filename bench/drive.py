@@ -14,6 +14,7 @@ import httpx
 from bench import openloop, profiling, report
 from bench.closedloop import BodySet, Generator
 from bench.config import Config
+from bench.machine import cpu_times
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
 from bench.results import LevelResult, MemoryResult, OpenLoopRow, ProfileRow
 from bench.servers import ServerFailed, ServerProcess, free_port, log_tail, running
@@ -24,6 +25,10 @@ _PROFILE_MARGIN_S = 1.0
 # Longest wait for a server to finish what a previous phase left queued (the naive
 # server at concurrency 64 needs ~7 s).
 _SETTLE_MAX_S = 30.0
+
+
+STEAL_NOTE_PCT = 5.0
+"""Steal (the host's share of the machine's CPU time during a level) worth a note."""
 
 
 @dataclass
@@ -74,13 +79,21 @@ def measure_target(
                 warm_rss = server.rss_bytes()
             before = _batch_sizes(metrics_url)
             cpu0 = server.cpu_seconds()
+            machine0 = cpu_times()
             stats = generator.measure(url, bodies, level, config.duration_s)
             cpu = server.cpu_seconds() - cpu0
+            machine1 = cpu_times()
+            steal = machine1.steal_pct_since(machine0) if machine0 and machine1 else None
             after = _batch_sizes(metrics_url)
             server.check_alive()
             batch = mean_between(before, after) if metrics_url else target.fixed_batch_size
-            row = LevelResult.from_stats(target.name, stats, batch, cpu)
+            row = LevelResult.from_stats(target.name, stats, batch, cpu, steal)
             out.rows.append(row)
+            if steal is not None and steal >= STEAL_NOTE_PCT:
+                out.notes.append(
+                    f"{target.name} c={level}: the host took {steal:.0f}% of the machine's CPU "
+                    "time meanwhile (steal): this level's figures understate the server"
+                )
             progress(
                 f"{target.name} c={level}: {row.rps:.1f} req/s, p50 {report.fmt(row.p50_ms)} ms, "
                 f"p99 {report.fmt(row.p99_ms)} ms, {row.errors} errors"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,31 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": {name: _version(name) for name in _PACKAGES},
     }
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time so far, all CPUs together, in clock ticks (``/proc/stat``)."""
+
+    total: int
+    steal: int
+
+    def steal_pct_since(self, earlier: CpuTimes) -> float | None:
+        """The share of the machine's CPU time between ``earlier`` and this reading that the
+        host gave to others (a virtual machine's *steal*), in %."""
+        elapsed = self.total - earlier.total
+        return 100.0 * (self.steal - earlier.steal) / elapsed if elapsed > 0 else None
+
+
+def cpu_times() -> CpuTimes | None:
+    """The machine's CPU time so far, or None where ``/proc/stat`` is missing."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: within user/nice]
+    return CpuTimes(sum(fields[:8]), fields[7] if len(fields) > 7 else 0)
 
 
 def _cpu_model() -> str | None:

@@ -20,6 +20,7 @@ _LEVEL_HEADER = (
     "errors",
     "batch",
     "server CPU %",
+    "steal %",
 )
 
 
@@ -55,6 +56,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 str(r.errors),
                 fmt(r.mean_batch_size, 2),
                 fmt(r.cpu_pct, 0),
+                fmt(r.steal_pct),
             )
         )
     ip = report.inprocess
@@ -70,6 +72,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
             "0",
             "1",
             "-",
+            "-",
         )
     )
     rows.append(
@@ -83,6 +86,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
             fmt(ip.batch_p99_ms / ip.batch_p50_ms if ip.batch_p50_ms else None),
             "0",
             str(ip.batch_size),
+            "-",
             "-",
         )
     )
@@ -342,7 +346,9 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         "## Closed loop, every figure (in-process batch rows: items/s and per-batch latency)",
         "",
         "Errors are non-2xx answers plus socket errors. Server CPU: the server's processes' "
-        "CPU time over the level, in % of one core.",
+        "CPU time over the level, in % of one core. Steal: the share of the machine's CPU "
+        "time that the host gave to others during the level (a virtual machine's steal "
+        "time, from /proc/stat); a level with much of it understates its server.",
         "",
         *_table(_LEVEL_HEADER, level_rows(report), markdown=True),
         "",

@@ -31,10 +31,18 @@ class LevelResult:
     p99_ms: float | None
     mean_batch_size: float | None
     cpu_pct: float | None
+    # The share of the machine's CPU time the host gave to others meanwhile (a virtual
+    # machine's steal), in %; None where unknown (runs recorded before it was).
+    steal_pct: float | None = None
 
     @classmethod
     def from_stats(
-        cls, target: str, stats: LoadStats, mean_batch_size: float | None, cpu_s: float | None
+        cls,
+        target: str,
+        stats: LoadStats,
+        mean_batch_size: float | None,
+        cpu_s: float | None,
+        steal_pct: float | None = None,
     ) -> LevelResult:
         """Summarise a measured phase; ``cpu_s`` is the server's CPU time during it."""
         return cls(
@@ -52,6 +60,7 @@ class LevelResult:
             cpu_pct=(100.0 * cpu_s / stats.elapsed_s)
             if cpu_s is not None and stats.elapsed_s > 0
             else None,
+            steal_pct=steal_pct,
         )
 
 

@@ -63,6 +63,7 @@ class RoundRow:
     p50_ms: float | None
     p99_ms: float | None
     errors: int
+    steal_pct: float | None = None  # the host's share of the machine's CPU time meanwhile
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,16 @@ def scaling(rows: Sequence[RoundRow], target: str) -> dict[tuple[int, int], Spre
 
 def markdown(rows: Sequence[RoundRow], kinds: dict[str, str], header: str) -> str:
     """The report: every round's figures, then the spreads."""
-    lines = [header, "", "| round | server | concurrency | req/s | p50 ms | p99 ms | errors |"]
-    lines.append("|---:|:---|---:|---:|---:|---:|---:|")
+    lines = [
+        header,
+        "",
+        "| round | server | concurrency | req/s | p50 ms | p99 ms | errors | steal % |",
+    ]
+    lines.append("|---:|:---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         lines.append(
             f"| {r.round + 1} | {r.target} | {r.concurrency} | {r.rps:,.1f} | "
-            f"{_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} |"
+            f"{_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} | {_ms(r.steal_pct)} |"
         )
     lines += ["", "req/s over the rounds (median, range):", ""]
     lines += ["| server | concurrency | median | lowest | highest | rounds |"]
@@ -256,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             r.p50_ms,
                             r.p99_ms,
                             r.errors,
+                            r.steal_pct,
                         )
                         for r in measured.rows
                     ]

@@ -20,7 +20,7 @@ import httpx
 import msgpack
 import pytest
 
-from bench import acceptance, closedloop, inputs, openloop, profiling, report, run, wrk
+from bench import acceptance, closedloop, inputs, machine, openloop, profiling, report, run, wrk
 from bench.bodies import encode_msgpack, encode_multipart, encode_v2_json
 from bench.config import parse_config
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
@@ -69,6 +69,14 @@ def test_batch_size_is_read_from_metrics_and_null_without_them() -> None:
     assert mean_between(HistogramTotals(7.0, 3.0), HistogramTotals(27.0, 8.0)) == 4.0
     assert mean_between(HistogramTotals(7.0, 3.0), HistogramTotals(7.0, 3.0)) is None
     assert mean_between(None, None) is None
+
+
+def test_steal_is_the_hosts_share_of_the_machines_cpu_time() -> None:
+    earlier = machine.CpuTimes(total=1_000, steal=10)
+    assert machine.CpuTimes(total=1_400, steal=30).steal_pct_since(earlier) == 5.0
+    assert machine.CpuTimes(total=1_000, steal=10).steal_pct_since(earlier) is None
+    now = machine.cpu_times()
+    assert now is not None and 0 <= now.steal <= now.total
 
 
 def test_wrk_result_line_is_parsed() -> None:
@@ -225,6 +233,7 @@ def test_quick_benchmark_measures_every_row(trained_store: Path, tmp_path: Path)
             assert row["errors"] == 0, row
             assert row["rps"] > 0 and row["requests"] > 0
             assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+            assert 0.0 <= row["steal_pct"] <= 100.0  # /proc/stat: a Linux machine
     assert [o["share_of_peak"] for o in result["open_loop"]] == [0.5, 0.8]
     for o in result["open_loop"]:
         assert o["target"] == "service" and o["result"]["ok"] > 0
