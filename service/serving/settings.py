@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         "per core this process may use, at most 4). Each loads and verifies its own copy of "
         "the model and runs its own batcher; readiness is true only when every worker is "
         "ready, SIGTERM drains them all, a reload reaches them all, and /metrics adds them "
-        "up. On 2 cores two workers did 1.5x-1.7x the throughput of one (BENCHMARKS.md). "
+        "up. On 2 cores two workers did 1.5x-2.1x the throughput of one (BENCHMARKS.md). "
         "Each worker holds the model in memory: with a GPU, or a model large next to the "
         "host's memory, use 1.",
     )
