@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import closedloop, inputs, run
+from bench import inputs, run
 from bench.config import Config, parse_config
 from bench.drive import measure_target, progress
 from bench.machine import machine_info
@@ -217,21 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.rounds: {exc} (make model trains the demo model)", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
-    generator, generator_note = closedloop.choose(
-        config.python_load, config.request_timeout_s, config.wrk_threads
-    )
-    progress(generator_note)
-    notes: list[str] = [] if generator.name == "wrk" else [generator_note]
+    generator, notes = run.choose_generator(config)
     plan, _peers = run.plan_targets(config, version.path, notes)
     plan = [t for t in plan if t.kind in (SERVICE, "peer")]
     rows: list[RoundRow] = []
     samples = inputs.generate(config.images, config.image_side)
     with tempfile.TemporaryDirectory(prefix="mmserve-rounds-") as tmp:
         work = Path(tmp)
-        bodies = {
-            fmt: closedloop.body_set(fmt, [run.ENCODERS[fmt](s) for s in samples], work / fmt)
-            for fmt in {t.body_format for t in plan}
-        }
+        bodies = run.body_sets(plan, samples, work)
         try:
             for round_ in range(rounds):
                 for target in rotation(plan, round_):

@@ -51,23 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
-    generator, generator_note = closedloop.choose(
-        config.python_load, config.request_timeout_s, config.wrk_threads
-    )
-    progress(generator_note)
+    generator, notes = choose_generator(config)
     samples = inputs.generate(config.images, config.image_side)
-    notes: list[str] = []
-    if generator.name != "wrk":
-        notes.append(generator_note)
     plan, peers = plan_targets(config, version.path, notes)
     runs: dict[str, TargetRun] = {}
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as tmp:
         work = Path(tmp)
         inputs.save(samples, work / "images")
-        bodies = {
-            fmt: closedloop.body_set(fmt, [ENCODERS[fmt](s) for s in samples], work / fmt)
-            for fmt in {t.body_format for t in plan}
-        }
+        bodies = body_sets(plan, samples, work)
         try:
             for target in plan:
                 try:
@@ -194,6 +185,26 @@ def _model(config: Config) -> model_store.ModelVersion:
         )
         subprocess.run(command, check=True, cwd=ROOT)
     return model_store.resolve(config.model_store, config.model_name)
+
+
+def choose_generator(config: Config) -> tuple[closedloop.Generator, list[str]]:
+    """The load generator (said on stderr), and the run's notes: empty, or the fallback to
+    the Python generator."""
+    generator, note = closedloop.choose(
+        config.python_load, config.request_timeout_s, config.wrk_threads
+    )
+    progress(note)
+    return generator, [] if generator.name == "wrk" else [note]
+
+
+def body_sets(
+    plan: Sequence[targets.Target], samples: Sequence[inputs.Sample], work: Path
+) -> dict[str, closedloop.BodySet]:
+    """The samples in each wire format the planned servers take, written under ``work``."""
+    return {
+        fmt: closedloop.body_set(fmt, [ENCODERS[fmt](s) for s in samples], work / fmt)
+        for fmt in {t.body_format for t in plan}
+    }
 
 
 def plan_targets(
