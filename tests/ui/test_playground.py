@@ -334,7 +334,10 @@ def test_drop_and_paste_take_an_image(
                 }""",
                 [how, data, image.name],
             )
-            assert page.is_visible("#preview"), how
+            # The preview has no size until the browser has decoded the image, so wait
+            # for it to show rather than looking once (a check that raced the decode).
+            page.wait_for_selector("#preview", state="visible", timeout=10_000)
+            assert page.get_attribute("#preview", "src").startswith("blob:"), how
             page.fill("#text", text)
             page.click("#submit")
             page.wait_for_selector("#result:not([hidden])")
