@@ -120,13 +120,13 @@ def test_bad_manifest_writes_nothing(tmp_path: Path) -> None:
     assert model_store.list_models(store) == []
 
 
-def test_training_is_reproducible_for_a_seed(demo_manifest: Path, tmp_path: Path) -> None:
+def test_training_is_reproducible_for_a_seed(tiny_manifest: Path, tmp_path: Path) -> None:
     from service.training.modeling import ModelConfig
     from service.training.train import TrainConfig, train
 
     def run(seed: int) -> list[list[float]]:
         config = TrainConfig(
-            data=demo_manifest,
+            data=tiny_manifest,
             name="r",
             model_store=tmp_path,
             model=ModelConfig(image_size=(32, 32), vocab_size=100, sequence_length=8),
