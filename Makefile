@@ -34,8 +34,12 @@ serve: model
 train-demo: setup
 	$(VENV)/bin/mmserve-train --demo --model-store $(MODEL_STORE)
 
+# The suite in TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0: in this one). Tests
+# are handed out one by one ("worksteal"), not a module to a process: the module schedule
+# tells tests apart by id, and the schema tests share one id, so it would run one of them.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # This service vs the constant-answer HTTP floor, a naive endpoint, the peers (mosec,
 # MLServer; each in its own venv under bench/.peers/, created on first use) and the

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real tiny artifact trained once per test session."""
+"""Shared fixtures: a real tiny artifact trained once per test run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.support.shared import built_once
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,7 +19,10 @@ def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo dataset (1200 examples) on disk."""
     from service.training.demo_data import generate
 
-    return generate(tmp_path_factory.mktemp("demo"), count=1200, seed=1, side=64)
+    folder = built_once(
+        tmp_path_factory, "demo", lambda out: generate(out, count=1200, seed=1, side=64)
+    )
+    return folder / "manifest.csv"
 
 
 @pytest.fixture(scope="session")
@@ -30,20 +35,24 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, demo_manifest: Path)
     from service.training.modeling import ModelConfig
     from service.training.train import TrainConfig, train
 
-    store = tmp_path_factory.mktemp("store")
-    train(
-        TrainConfig(
-            data=demo_manifest,
-            name="tiny",
-            model_store=store,
-            model=ModelConfig(
-                image_size=TINY_IMAGE_SIZE, vocab_size=200, sequence_length=12, fusion="bilinear"
+    def build(store: Path) -> None:
+        train(
+            TrainConfig(
+                data=demo_manifest,
+                name="tiny",
+                model_store=store,
+                model=ModelConfig(
+                    image_size=TINY_IMAGE_SIZE,
+                    vocab_size=200,
+                    sequence_length=12,
+                    fusion="bilinear",
+                ),
+                epochs=25,
+                batch_size=16,
+                patience=8,
+                seed=3,
             ),
-            epochs=25,
-            batch_size=16,
-            patience=8,
-            seed=3,
-        ),
-        progress=lambda _m: None,
-    )
-    return store
+            progress=lambda _m: None,
+        )
+
+    return built_once(tmp_path_factory, "store", build)

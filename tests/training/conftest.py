@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.shared import built_once
+
 
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """120 demo examples at 32x32: enough to build, briefly train and golden-check a model."""
     from service.training.demo_data import generate
 
-    return generate(tmp_path_factory.mktemp("tiny"), count=120, seed=2, side=32)
+    folder = built_once(
+        tmp_path_factory, "tiny", lambda out: generate(out, count=120, seed=2, side=32)
+    )
+    return folder / "manifest.csv"
