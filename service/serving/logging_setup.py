@@ -7,6 +7,7 @@ is left to format every record itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -95,15 +96,50 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler :func:`configure_logging` installs. Besides records, it takes lines
     already formatted (:meth:`write_line`): the access log's, one per request, skip building
-    a record and formatting it (about 40 us of CPU a request under load)."""
+    a record and formatting it (about 40 us of CPU a request under load).
+
+    Lines written on an event loop's thread are written together, in one system call, when
+    the loop has run the callbacks that are ready: a batch's answers, finished in the same
+    pass of the loop, cost one write, not one each. A record keeps its place after the
+    lines before it, and ``flush`` (logging's shutdown calls it) writes what is waiting.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
 
     def write_line(self, line: str) -> None:
-        try:
-            with self.lock:  # type: ignore[union-attr]
-                self.stream.write(line + self.terminator)
-                self.flush()
-        except Exception:
-            self.handleError(logging.makeLogRecord({"msg": line}))
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            first = len(self._lines) == 1
+        if first:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop's thread
+                self._write_lines()
+            else:
+                loop.call_soon(self._write_lines)
+
+    def _write_lines(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._lines = self._lines, []
+            if not lines:
+                return
+            try:
+                lines.append("")
+                self.stream.write(self.terminator.join(lines))
+                super().flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._lines:
+            self._write_lines()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self._write_lines()
+        super().flush()
 
 
 def direct_handler(logger: logging.Logger, level: int = logging.INFO) -> LineHandler | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -393,6 +394,41 @@ def test_served_requests_write_the_access_line_directly(
         *("time", "level", "logger", "message", "request_id", "method", "route", "path"),
         *("status", "latency_ms", "items", "model", "model_version"),
     ]
+
+
+def test_lines_of_one_loop_pass_are_written_in_one_write_and_in_order(
+    own_handler: tuple[LineHandler, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _root_bare(monkeypatch)
+    handler, _ = own_handler
+    writes: list[str] = []
+
+    class Recorded(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    stream = Recorded()
+    handler.setStream(stream)
+
+    async def serve() -> None:
+        handler.write_line("a")
+        handler.write_line("b")
+        assert writes == []  # written when the loop has run what is ready
+        await asyncio.sleep(0)
+        assert writes == ["a\nb\n"]
+        handler.write_line("c")
+        logging.getLogger("mmserve.test").warning("a record after c")
+        handler.write_line("d")
+        handler.flush()  # logging's shutdown: nothing waits after it
+        assert stream.getvalue().endswith("d\n")
+
+    asyncio.run(serve())
+    lines = stream.getvalue().splitlines()
+    assert lines[:3] == ["a", "b", "c"] and lines[4] == "d"
+    assert json.loads(lines[3])["message"] == "a record after c"
+    handler.write_line("e")  # off the loop's thread: at once
+    assert writes[-1] == "e\n"
 
 
 def test_exception_is_logged_as_json_field() -> None:
