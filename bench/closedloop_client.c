@@ -28,12 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HEAD_MAX 8192
+#include "loadgen.h"
 
-typedef struct {
-    char *data;
-    size_t len;
-} request_t;
+#define HEAD_MAX 8192
 
 typedef struct {
     int fd;
@@ -49,36 +46,8 @@ typedef struct {
     unsigned long n;   /* which request to send next */
 } conn_t;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static request_t *requests;
-static size_t request_count;
 static int epfd, port;
 static double t0;
-
-static void read_requests(void) {
-    size_t cap = 64;
-    requests = malloc(cap * sizeof *requests);
-    size_t len;
-    while (scanf("%zu", &len) == 1) {
-        getchar(); /* the newline */
-        char *data = malloc(len);
-        if (fread(data, 1, len, stdin) != len) {
-            fprintf(stderr, "truncated request on stdin\n");
-            exit(2);
-        }
-        if (request_count == cap) requests = realloc(requests, (cap *= 2) * sizeof *requests);
-        requests[request_count++] = (request_t){data, len};
-    }
-    if (request_count == 0) {
-        fprintf(stderr, "no requests on stdin\n");
-        exit(2);
-    }
-}
 
 static void start(conn_t *c) {
     c->started = now();

@@ -160,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open-loop-duration", type=float, help="seconds per rate (default duration)")
     p.add_argument("--profile-concurrency", type=int, default=32, help="load while profiling")
     p.add_argument("--profile-duration", type=float, help="seconds of sampling (default 10)")
-    p.add_argument("--python-load", action="store_true", help="use the Python generator")
+    p.add_argument(
+        "--python-load",
+        action="store_true",
+        help="use the Python generators (closed and open loop) instead of wrk and the C client",
+    )
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     return p
 

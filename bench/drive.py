@@ -133,6 +133,7 @@ def _open_loop(
             share * peak,
             config.open_loop_duration_s,
             timeout_s=config.request_timeout_s,
+            python=config.python_load,
         )
         out.append(OpenLoopRow(name, share, peak, result))
         kept = "kept up" if result.kept_up else "did NOT keep up"

@@ -6,9 +6,12 @@ latencies (coordinated omission). Here request ``i`` is due at ``start + i / rat
 latency runs from that scheduled moment to the end of its response, so time spent
 waiting anywhere (the generator, a connection, the server's queue) counts.
 
-Raw HTTP/1.1 over a pool of persistent connections (opened on demand up to a cap) on
-asyncio (uvloop when installed), with the same pre-built bodies as the closed loop. The
-result says which rate was achieved and whether the generator kept to its schedule.
+Raw HTTP/1.1 over a pool of persistent connections (opened on demand up to a cap), with
+the same pre-built bodies as the closed loop: a compiled C program on epoll
+(``openloop_client.c``, built once with the system's C compiler) when there is a compiler,
+so that the generator takes little of the cores it shares with the server; otherwise, or
+when asked, asyncio coroutines (uvloop when installed). The result says which generator
+ran, which rate was achieved and whether the generator kept to its schedule.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench import eventloop
+from bench import compiled, eventloop
 from bench.bodies import Payload
 
 # The generator kept up when its sends were this late at the 99th percentile at most (a
@@ -60,6 +65,7 @@ class OpenLoopResult:
     connections: int
     waited_for_connection: int
     kept_up: bool
+    generator: str = "python"  # "c": openloop_client.c; results from before it: Python
 
 
 class _Connection:
@@ -148,6 +154,17 @@ def request_bytes(host: str, port: int, path: str, payload: Payload) -> bytes:
     return head.encode("latin-1") + payload.body
 
 
+def _prepare(
+    url: str, payloads: Sequence[Payload], rate: float, duration_s: float
+) -> tuple[str, int, list[bytes]]:
+    """The host, the port and the requests to cycle through, the arguments checked."""
+    if rate <= 0 or duration_s <= 0 or not payloads:
+        raise ValueError("rate and duration must be positive, with at least one payload")
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    return host, port, [request_bytes(host, port, parts.path or "/", p) for p in payloads]
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """Read one response; return its status and whether the connection stays open."""
     head = await reader.readuntil(b"\r\n\r\n")
@@ -191,12 +208,7 @@ async def run(
 ) -> OpenLoopResult:
     """Send ``rate`` requests per second for ``duration_s`` on a fixed schedule; wait at
     most ``timeout_s`` after the last send for the answers still outstanding."""
-    if rate <= 0 or duration_s <= 0 or not payloads:
-        raise ValueError("rate and duration must be positive, with at least one payload")
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = parts.path or "/"
-    prepared = [request_bytes(host, port, path, p) for p in payloads]
+    host, port, prepared = _prepare(url, payloads, rate, duration_s)
     state = _State(host, port, max_connections)
     preopened = [await state.open() for _ in range(min(_PREOPEN, max_connections))]
     state.idle.extend(preopened)
@@ -261,21 +273,54 @@ async def run(
         with contextlib.suppress(Exception):
             conn.close()
 
-    sent = len(send_times)
+    return _summarize(
+        rate,
+        duration_s,
+        scheduled,
+        lags=lags,
+        sent_at=[t - start for t in send_times],
+        latencies=latencies,
+        errors=errors,
+        last_done=last_done - start if last_done > start else None,
+        connections=len(state.all),
+        waited=state.waited,
+        generator="python",
+    )
+
+
+def _summarize(
+    rate: float,
+    duration_s: float,
+    scheduled: int,
+    *,
+    lags: Sequence[float],
+    sent_at: Sequence[float],
+    latencies: Sequence[float],
+    errors: collections.Counter[str],
+    last_done: float | None,
+    connections: int,
+    waited: int,
+    generator: str,
+) -> OpenLoopResult:
+    """One phase's figures. Times in seconds: ``lags`` (each send's lateness),
+    ``sent_at`` (each send, from the start of the schedule), ``latencies`` (2xx answers,
+    from their due time), ``last_done`` (the last answer, from the start)."""
+    interval = 1.0 / rate
+    sent = len(sent_at)
     # The rate the requests actually went out at: sends over the span of the schedule
     # (or of the actual sends, when they ran late), so falling behind lowers it.
-    window = max(scheduled * interval, max(send_times, default=start) - start + interval)
+    window = max(scheduled * interval, max(sent_at, default=0.0) + interval)
     achieved = sent / window
     lag_ms = [x * 1000.0 for x in lags]
     lat_ms = [x * 1000.0 for x in latencies]
     lag_p99 = _pct(lag_ms, 99)
     kept_up = (
         achieved >= MIN_ACHIEVED_SHARE * rate
-        and state.waited == 0
+        and waited == 0
         and lag_p99 is not None
         and lag_p99 <= MAX_SEND_LAG_P99_MS
     )
-    span = (last_done - start) if last_done > start else duration_s
+    span = last_done if last_done is not None and last_done > 0 else duration_s
     return OpenLoopResult(
         target_rps=rate,
         duration_s=duration_s,
@@ -293,16 +338,93 @@ async def run(
         p90_ms=_pct(lat_ms, 90),
         p99_ms=_pct(lat_ms, 99),
         max_ms=max(lat_ms) if lat_ms else None,
-        connections=len(state.all),
-        waited_for_connection=state.waited,
+        connections=connections,
+        waited_for_connection=waited,
         kept_up=kept_up,
+        generator=generator,
+    )
+
+
+def compiled_client() -> Path | None:
+    """The C open-loop client (``openloop_client.c``), compiled once; None when no C
+    compiler is installed or it fails (and says why)."""
+    return compiled.binary("openloop_client.c", libraries=["m"])
+
+
+def compiled_run(
+    binary: Path,
+    url: str,
+    payloads: Sequence[Payload],
+    rate: float,
+    duration_s: float,
+    *,
+    timeout_s: float = 30.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> OpenLoopResult:
+    """:func:`run` with the compiled client: one C thread on epoll instead of Python
+    coroutines, so that less of the cores the server shares goes to the generator."""
+    host, port, prepared = _prepare(url, payloads, rate, duration_s)
+    if host not in ("127.0.0.1", "localhost"):
+        raise ValueError(f"the compiled client speaks to 127.0.0.1 only, not {host}")
+    stdin = b"".join(b"%d\n%s" % (len(r), r) for r in prepared)
+    command = [str(binary), str(port), repr(rate), repr(duration_s), str(max_connections)]
+    command.append(repr(timeout_s))
+    done = subprocess.run(command, input=stdin, capture_output=True, check=True)
+    lines = done.stdout.decode().splitlines()
+    connections, waited = (int(x) for x in lines[-1].removeprefix("# ").split())
+    interval = 1.0 / rate
+    lags: list[float] = []
+    sent_at: list[float] = []
+    latencies: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    last_done: float | None = None
+    for i, line in enumerate(lines[:-1]):
+        fields = line.split()
+        status, sent, lag_ms, latency_ms = int(fields[0]), *map(float, fields[1:])
+        if sent >= 0:
+            sent_at.append(sent)
+            lags.append(lag_ms / 1000.0)
+        if status > 0:
+            finished = i * interval + latency_ms / 1000.0
+            last_done = finished if last_done is None else max(last_done, finished)
+        if 200 <= status < 300:
+            latencies.append(latency_ms / 1000.0)
+        elif status == 0:
+            errors["connection"] += 1
+        elif status < 0:
+            errors["timeout"] += 1
+        else:
+            errors[f"HTTP {status}"] += 1
+    return _summarize(
+        rate,
+        duration_s,
+        len(lines) - 1,
+        lags=lags,
+        sent_at=sent_at,
+        latencies=latencies,
+        errors=errors,
+        last_done=last_done,
+        connections=connections,
+        waited=waited,
+        generator="c",
     )
 
 
 def measure(
-    url: str, payloads: Sequence[Payload], rate: float, duration_s: float, **options: Any
+    url: str,
+    payloads: Sequence[Payload],
+    rate: float,
+    duration_s: float,
+    *,
+    python: bool = False,
+    **options: Any,
 ) -> OpenLoopResult:
-    """:func:`run` (same arguments) on a fresh event loop, uvloop's when installed."""
+    """One phase (the arguments of :func:`run`) with the compiled client when there is one
+    and ``python`` is false; otherwise :func:`run` on a fresh event loop, uvloop's when
+    installed. The result's ``generator`` says which ran."""
+    binary = None if python else compiled_client()
+    if binary is not None:
+        return compiled_run(binary, url, payloads, rate, duration_s, **options)
     return eventloop.run(run(url, payloads, rate, duration_s, **options))
 
 

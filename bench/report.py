@@ -108,6 +108,16 @@ def side_by_side(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple[s
     return header, rows
 
 
+def _open_loop_generator(report: BenchReport) -> str:
+    """Which generator drove the open-loop phases (`bench/openloop.py`)."""
+    names = {o.result.generator for o in report.open_loop}
+    described = {
+        "c": "`bench/openloop_client.c` (C, one thread on epoll)",
+        "python": "`bench/openloop.py`'s Python generator (asyncio + uvloop)",
+    }
+    return " and ".join(described.get(name, name) for name in sorted(names))
+
+
 def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple[str, ...]]]:
     """One row per open-loop phase."""
     header = (
@@ -375,8 +385,9 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
             "",
             "Requests leave on a fixed schedule at a share of the target's own closed-loop "
             "peak, whatever the server does; latency runs from the scheduled send time, so "
-            "queueing cannot hide (no coordinated omission). `bench/openloop.py`: asyncio + "
-            "uvloop, raw HTTP/1.1 over persistent connections, the same bodies. *kept up*: "
+            "queueing cannot hide (no coordinated omission). "
+            f"{_open_loop_generator(report)}, raw HTTP/1.1 over persistent connections, the "
+            "same bodies, on the same machine. *kept up*: "
             f"the generator sent at least {MIN_ACHIEVED_SHARE:.0%} of the rate with send lag "
             f"p99 <= {MAX_SEND_LAG_P99_MS:g} ms and never waited for a connection. "
             f"{config['open_loop_duration_s']} s per rate.",

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable
@@ -46,7 +42,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench import eventloop, metrics
+from bench import compiled, eventloop, metrics
 from bench.inputs import generate
 from service.client.core import JITTER, RetryPolicy
 
@@ -255,24 +251,9 @@ async def closed_loop(load: Load) -> dict[str, object]:
 
 
 def compiled_client() -> Path | None:
-    """The C closed-loop client (``closedloop_client.c``), compiled once into the system's
-    temporary folder; None when no C compiler is installed or it fails (and says why)."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    source = Path(__file__).with_name("closedloop_client.c")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    binary = Path(tempfile.gettempdir()) / f"mmserve-closedloop-{digest}"
-    if not binary.exists():
-        partial = binary.with_suffix(f".{os.getpid()}")
-        built = subprocess.run(
-            [compiler, "-O2", "-o", str(partial), str(source)], capture_output=True, text=True
-        )
-        if built.returncode != 0:
-            print(f"{source.name} did not compile:\n{built.stderr}", file=sys.stderr)
-            return None
-        partial.replace(binary)
-    return binary
+    """The C closed-loop client (``closedloop_client.c``), compiled once; None when no C
+    compiler is installed or it fails (and says why)."""
+    return compiled.binary("closedloop_client.c")
 
 
 async def compiled_closed_loop(binary: Path, load: Load) -> dict[str, object]:

@@ -128,10 +128,21 @@ def test_without_wrk_the_python_generator_measures_and_says_so(
     assert 0 < stats.p50_ms <= stats.p99_ms
 
 
-def test_open_loop_sends_on_schedule(samples: list[inputs.Sample]) -> None:
+def _python(generator: str) -> bool:
+    """``openloop.measure``'s ``python`` for a generator; skips C without a compiler."""
+    if generator == "c" and openloop.compiled_client() is None:
+        pytest.skip("no C compiler")
+    return generator == "python"
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_open_loop_sends_on_schedule(samples: list[inputs.Sample], generator: str) -> None:
     payloads = [encode_multipart(s) for s in samples]
     with local_server() as server:
-        result = openloop.measure(server.url("/ok"), payloads, rate=200, duration_s=1.0)
+        result = openloop.measure(
+            server.url("/ok"), payloads, rate=200, duration_s=1.0, python=_python(generator)
+        )
+    assert result.generator == generator
     assert result.scheduled == result.sent == 200
     assert result.ok == 200 and result.errors == 0
     assert server.answered["/ok"] == 200
@@ -139,19 +150,48 @@ def test_open_loop_sends_on_schedule(samples: list[inputs.Sample]) -> None:
     assert result.send_lag_p50_ms is not None and result.send_lag_p50_ms < 50
 
 
-def test_open_loop_latency_runs_from_the_scheduled_time(samples: list[inputs.Sample]) -> None:
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_open_loop_latency_runs_from_the_scheduled_time(
+    samples: list[inputs.Sample], generator: str
+) -> None:
     # 20 requests due every 25 ms on one connection, to a server that answers one per 50 ms:
     # request i is due at 25i ms and answered at 50(i+1) ms, so its latency is 50 + 25i ms.
     # Timed from the actual send (coordinated omission) each would read ~50 ms.
     payloads = [encode_multipart(s) for s in samples]
     with local_server(slow_s=0.05) as server:
         result = openloop.measure(
-            server.url("/slow"), payloads, rate=40, duration_s=0.5, max_connections=1
+            server.url("/slow"),
+            payloads,
+            rate=40,
+            duration_s=0.5,
+            max_connections=1,
+            python=_python(generator),
         )
     assert result.ok == 20 and result.errors == 0
     assert result.waited_for_connection > 0 and not result.kept_up
     assert result.p50_ms is not None and result.max_ms is not None
     assert result.p50_ms > 150 and result.max_ms > 400
+
+
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_open_loop_counts_refusals_and_reads_chunked_answers(
+    samples: list[inputs.Sample], generator: str
+) -> None:
+    # Every /refuse answer is a 503 that closes its connection: each request then needs a
+    # new one, and each is counted by its status, none as a connection failure.
+    payloads = [encode_multipart(s) for s in samples]
+    with local_server() as server:
+        refused = openloop.measure(
+            server.url("/refuse"), payloads, rate=100, duration_s=0.3, python=_python(generator)
+        )
+        chunked = openloop.measure(
+            server.url("/chunked"), payloads, rate=100, duration_s=0.3, python=_python(generator)
+        )
+    assert refused.sent == refused.scheduled == 30 and server.answered["/refuse"] == 30
+    assert refused.ok == 0 and refused.error_kinds == {"HTTP 503": 30}
+    assert chunked.ok == chunked.scheduled == 30 and chunked.errors == 0
+    assert server.answered["/chunked"] == 30
+    assert chunked.p99_ms is not None and chunked.p99_ms < 1000
 
 
 def test_every_wire_format_carries_the_same_image_and_text(

@@ -1,7 +1,9 @@
 """A tiny HTTP/1.1 keep-alive server in a background thread, for the load generators.
 
 ``POST /ok`` answers 200 at once; ``POST /slow`` answers 200 after ``slow_s``, one request
-at a time (a server with a fixed capacity); anything else is 404. Bodies are read in
+at a time (a server with a fixed capacity); ``POST /refuse`` answers 503 with
+``Connection: close`` and closes; ``POST /chunked`` answers 200 in chunks; anything else
+is 404. Bodies are read in
 full (Content-Length) and discarded. Counts every request it answered.
 """
 
@@ -44,15 +46,28 @@ async def _serve(server: LocalServer, ready: threading.Event, stop: asyncio.Even
                     if name.strip().lower() == "content-length":
                         length = int(value)
                 await reader.readexactly(length)
-                status = b"200 OK" if path in ("/ok", "/slow") else b"404 Not Found"
+                status = b"200 OK" if path in ("/ok", "/slow", "/chunked") else b"404 Not Found"
                 if path == "/slow":
                     async with lock:
                         await asyncio.sleep(server.slow_s)
                 server.answered[path] = server.answered.get(path, 0) + 1
-                writer.write(
-                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: " + str(len(_ANSWER)).encode() + b"\r\n\r\n" + _ANSWER
-                )
+                if path == "/refuse":
+                    writer.write(
+                        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                        b"Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+                    )
+                    await writer.drain()
+                    return
+                if path == "/chunked":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b'5\r\n{"ok"\r\n7;x=y\r\n: true}\r\n0\r\n\r\n'
+                    )
+                else:
+                    writer.write(
+                        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: " + str(len(_ANSWER)).encode() + b"\r\n\r\n" + _ANSWER
+                    )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
