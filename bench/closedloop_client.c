@@ -30,8 +30,6 @@
 
 #include "loadgen.h"
 
-#define HEAD_MAX 8192
-
 typedef struct {
     int fd;
     int index;
@@ -127,18 +125,10 @@ static void on_event(conn_t *c, unsigned events, int honour, double jitter) {
         return;
     }
     request_t *r = &requests[c->n % request_count];
-    if ((events & EPOLLOUT) && c->sent < r->len) {
-        ssize_t w = send(c->fd, r->data + c->sent, r->len - c->sent, MSG_NOSIGNAL);
-        if (w < 0 && errno != EAGAIN) {
-            c->status = 0;
-            finish(c, honour, jitter);
-            return;
-        }
-        if (w > 0) c->sent += w;
-        if (c->sent == r->len) {
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-            epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-        }
+    if ((events & EPOLLOUT) && c->sent < r->len && send_rest(epfd, c->fd, c, r, &c->sent) < 0) {
+        c->status = 0;
+        finish(c, honour, jitter);
+        return;
     }
     if (!(events & EPOLLIN)) return;
     for (;;) {
@@ -156,19 +146,13 @@ static void on_event(conn_t *c, unsigned events, int honour, double jitter) {
             return;
         }
         if (c->body_left < 0) {
-            size_t before = c->head_len;
-            c->head_len += got;
-            c->head[c->head_len] = 0;
-            char *end = strstr(c->head + (before > 3 ? before - 3 : 0), "\r\n\r\n");
-            if (!end) {
-                if (c->head_len >= HEAD_MAX - 1) {
-                    c->status = 0;
-                    finish(c, honour, jitter);
-                    return;
-                }
-                continue;
+            long head_size = head_end(c->head, &c->head_len, got);
+            if (head_size < 0) {
+                c->status = 0;
+                finish(c, honour, jitter);
+                return;
             }
-            size_t head_size = end + 4 - c->head;
+            if (head_size == 0) continue;
             size_t extra = c->head_len - head_size;
             c->head_len = head_size;
             parse_head(c);

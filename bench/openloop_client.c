@@ -38,7 +38,6 @@
 
 #include "loadgen.h"
 
-#define HEAD_MAX 8192
 #define PREOPEN 8
 
 typedef struct conn {
@@ -127,8 +126,6 @@ static void release(conn_t *c) {
     c->next_idle = idle;
     idle = c;
 }
-
-static void dispatch(long job);
 
 /* The request is over (status 0: the connection failed). */
 static void finish(conn_t *c, int status) {
@@ -275,17 +272,9 @@ static void on_event(conn_t *c, unsigned events) {
         return;
     }
     request_t *r = &requests[c->job % request_count];
-    if ((events & EPOLLOUT) && c->sent < r->len) {
-        ssize_t w = send(c->fd, r->data + c->sent, r->len - c->sent, MSG_NOSIGNAL);
-        if (w < 0 && errno != EAGAIN) {
-            finish(c, 0);
-            return;
-        }
-        if (w > 0) c->sent += w;
-        if (c->sent == r->len) {
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-            epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
-        }
+    if ((events & EPOLLOUT) && c->sent < r->len && send_rest(epfd, c->fd, c, r, &c->sent) < 0) {
+        finish(c, 0);
+        return;
     }
     if (!(events & EPOLLIN)) return;
     for (;;) {
@@ -310,18 +299,12 @@ static void on_event(conn_t *c, unsigned events) {
         const char *extra = body;
         size_t extra_len = got;
         if (c->body_left < 0) {
-            size_t before = c->head_len;
-            c->head_len += got;
-            c->head[c->head_len] = 0;
-            char *end = strstr(c->head + (before > 3 ? before - 3 : 0), "\r\n\r\n");
-            if (!end) {
-                if (c->head_len >= HEAD_MAX - 1) {
-                    finish(c, 0);
-                    return;
-                }
-                continue;
+            long head_size = head_end(c->head, &c->head_len, got);
+            if (head_size < 0) {
+                finish(c, 0);
+                return;
             }
-            size_t head_size = end + 4 - c->head;
+            if (head_size == 0) continue;
             extra = c->head + head_size;
             extra_len = c->head_len - head_size;
             parse_head(c);
