@@ -11,6 +11,12 @@ service's JSON error body):
   is closed, unless its response has already started (then the connection is just closed);
 - a response's head and body leave in one send (:class:`CoalescedWrites`): uvicorn writes
   them one after the other, which costs a second system call and TCP segment per answer;
+- the common ``POST /v1/predict`` is answered by
+  :class:`~service.serving.api.v1.plain.DirectPredict` instead of the app, when it takes
+  the request: a task of the connection runs it on uvicorn's request cycle (which keeps
+  pipelined answers in order, reads the body, and notices a client that leaves or a drain
+  that begins) and writes its answer with the server's default headers, the request's id
+  and model headers, as the app's middleware would;
 - a model request (POST) that admission control refuses
   (:mod:`service.serving.api.middleware.admission`) is answered 503 with ``Retry-After``
   here, as soon as its headers are parsed: no request task, no ASGI call. It is counted,
@@ -26,6 +32,7 @@ by the server runner, never by the app: tests of the app need no uvicorn.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -34,19 +41,26 @@ from typing import Any, cast
 
 import httptools
 from prometheus_client import Counter
-from starlette.types import Scope
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Receive, Scope
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from service.errors import RequestTimeout, ServiceError, ServiceUnavailable
-from service.serving.api.errors import error_body
+from service.serving.api.errors import error_body, error_json
 from service.serving.api.middleware.admission import Admission, closes
 from service.serving.api.middleware.observability import (
+    MODEL_HEADER_KEY,
     REQUEST_ID_HEADER,
+    VERSION_HEADER_KEY,
     RequestLog,
     RequestRecord,
     request_id_of,
 )
 from service.serving.api.state import AppState
+from service.serving.api.v1.plain import DirectAnswer, DirectPredict
 from service.serving.metrics import count_refusal
 from service.serving.settings import Settings
 
@@ -60,9 +74,12 @@ CONNECTIONS_CLOSED = Counter(
 )
 
 
-def guarded_protocol(settings: Settings, state: AppState | None = None) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    settings: Settings, state: AppState | None = None, direct: DirectPredict | None = None
+) -> type[HttpToolsProtocol]:
     """The httptools protocol class with the limits of ``settings``; with the app's
-    ``state``, model requests it refuses are answered before they reach the app."""
+    ``state``, model requests it refuses are answered before they reach the app; with
+    ``direct``, the requests it takes are answered by it instead of the app."""
 
     class Guarded(GuardedProtocol):
         max_connections = settings.max_connections
@@ -70,6 +87,7 @@ def guarded_protocol(settings: Settings, state: AppState | None = None) -> type[
         body_timeout = settings.body_timeout_s
         admission = state.admission if state is not None else None
         request_log = state.request_log if state is not None else None
+        direct_predict = direct if state is not None else None
 
     return Guarded
 
@@ -82,6 +100,7 @@ class GuardedProtocol(HttpToolsProtocol):
     body_timeout: float = 60.0
     admission: Admission | None = None
     request_log: RequestLog | None = None
+    direct_predict: DirectPredict | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -135,6 +154,60 @@ class GuardedProtocol(HttpToolsProtocol):
             self.on_response_complete()  # the keep-alive timer, or the next request
             return
         super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn's one way to start a request, pipelined ones included.
+        direct = self.direct_predict
+        if direct is None or app is not self.app or not direct.takes(cast(Scope, cycle.scope)):
+            super()._start_asgi_task(cycle, app)
+            return
+        context = contextvars.Context() if self.config.reset_contextvars else None
+        task = self.loop.create_task(self._answer_directly(cycle, direct), context=context)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)  # a draining server waits for it, as for the app's
+
+    async def _answer_directly(self, cycle: RequestResponseCycle, direct: DirectPredict) -> None:
+        started = time.perf_counter()
+        scope = cast(Scope, cycle.scope)  # uvicorn's typed scope, as the app sees it
+        try:
+            answer = await direct.answer(scope, cast(Receive, cycle.receive))
+        except Exception:
+            log.exception("the direct answer to POST %s failed", scope["path"])
+            answer = DirectAnswer(
+                error_json(500, ServiceError.code, "internal server error", path=scope["path"]),
+                RequestRecord(request_id_of(scope)),
+                close=True,
+            )
+        response, record = answer.response, answer.record
+        if not cycle.disconnected:  # else there is no one to answer (as uvicorn's send)
+            headers = [*cycle.default_headers, *response.raw_headers]
+            if answer.close and not any(name == b"connection" for name, _ in headers):
+                headers.append((b"connection", b"close"))
+            headers.append((_REQUEST_ID_KEY, record.request_id.encode("ascii")))
+            if record.model is not None:
+                headers.append((MODEL_HEADER_KEY, record.model.encode("latin-1")))
+                headers.append((VERSION_HEADER_KEY, str(record.model_version).encode()))
+            if any(name == b"connection" and b"close" in value.lower() for name, value in headers):
+                cycle.keep_alive = False
+            elif not cycle.keep_alive:  # an HTTP/1.0 or closing request, or a drain began
+                headers.append((b"connection", b"close"))
+            head = [STATUS_LINE[response.status_code]]
+            for name, value in headers:
+                head += (name, b": ", value, b"\r\n")
+            head.append(b"\r\n")
+            self.transport.write(b"".join(head) + response.body)
+            # Complete: it need not wait for the end of the loop's pass (CoalescedWrites).
+            cast(CoalescedWrites, self.transport).flush()
+            cycle.waiting_for_100_continue = False
+            cycle.response_started = cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self.transport.close()
+            cycle.on_response()
+        if self.request_log is not None:
+            self.request_log.finish(
+                scope, record, response.status_code, time.perf_counter() - started
+            )
 
     def _refused_here(self) -> bool:
         """Answer a model request that admission control refuses now, and say whether it
@@ -229,6 +302,8 @@ class GuardedProtocol(HttpToolsProtocol):
         ]
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
+
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("ascii")
 
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}
 

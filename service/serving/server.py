@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from service.serving.api.draining import start_draining
 from service.serving.api.state import app_state
+from service.serving.api.v1.plain import DirectPredict
 from service.serving.app import request_reload
 from service.serving.connections import guarded_protocol
 from service.serving.settings import Settings
@@ -94,7 +95,7 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         # Ours (mmserve.access) or none: uvicorn's would log client addresses, unstructured.
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-        http=guarded_protocol(settings, state),
+        http=guarded_protocol(settings, state, DirectPredict(app)),
         # Connections are capped per worker by max_connections (service.serving.connections).
         backlog=max(2048, settings.max_connections),
     )

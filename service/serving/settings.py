@@ -219,6 +219,14 @@ class Settings(BaseSettings):
         "then scan only what requests allocate, instead of pausing every thread for about "
         "200 ms several times a minute under load.",
     )
+    direct_predict: bool = Field(
+        True,
+        description="Under `mmserve serve`, answer the common `POST /v1/predict` (no query "
+        "string, no API keys, a declared length) in the server's connection handler, with "
+        "the same steps, answer, errors, log line and metrics as the app but without its "
+        "middleware stack and routing (about 0.1-0.15 ms of CPU less per request). Off: "
+        "every request goes through the app.",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans, metrics and logs through the "

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from service.errors import ServiceError, ServiceUnavailable, UnprocessableInput
@@ -121,6 +121,25 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         exc,
     )
     return error_json(500, ServiceError.code, "internal server error", path=request.url.path)
+
+
+async def handled(app: FastAPI, request: Request, exc: Exception) -> tuple[Response, bool]:
+    """The answer ``app``'s exception handlers give ``exc`` (the handler of its nearest
+    class, as the app's middleware looks it up), for code that calls a route's work outside
+    the app (the server's connections, :mod:`service.serving.api.v1.plain`); and whether
+    it is the answer to an unexpected error (the handler of ``Exception``), which the app
+    re-raises once answered so that the server logs its traceback. An error no handler
+    takes is re-raised."""
+    handlers = app.exception_handlers
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            response = handler(request, exc)
+            if not isinstance(response, Response):
+                response = await response
+            assert isinstance(response, Response)
+            return response, cls is Exception
+    raise exc
 
 
 def install_error_handlers(app: FastAPI) -> None:

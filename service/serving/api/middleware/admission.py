@@ -24,9 +24,11 @@ connection rather than be read only to be thrown away.
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Overloaded, QueueFull, ServiceUnavailable, ShuttingDown
@@ -94,6 +96,29 @@ class Admission:
             return full, None
         return None, batcher
 
+    @contextmanager
+    def taken(self, batcher: AdaptiveBatcher | None) -> Iterator[None]:
+        """Count a request :meth:`decide` let in as in flight, and as on its way to
+        ``batcher``'s queue, while the block runs."""
+        self.in_flight += 1
+        try:
+            with nullcontext() if batcher is None else batcher.admitted():
+                yield
+        finally:
+            self.in_flight -= 1
+
+
+def refusal_response(scope: Scope, refusal: ServiceUnavailable) -> JSONResponse:
+    """The answer to a request :meth:`Admission.decide` refused (counted as refused at
+    admission), with ``Connection: close`` when :func:`closes` says so."""
+    count_refusal(refusal, "admission")
+    headers = dict(refusal.headers)
+    if closes(scope, refusal):
+        headers["Connection"] = "close"
+    return error_json(
+        refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
+    )
+
 
 class AdmissionControl:
     """Refuse POST requests while draining, over the in-flight cap, or with a full queue."""
@@ -109,21 +134,10 @@ class AdmissionControl:
         admission = self._admission
         refusal, batcher = admission.decide(scope["path"])
         if refusal is not None:
-            count_refusal(refusal, "admission")
-            headers = dict(refusal.headers)
-            if closes(scope, refusal):
-                headers["Connection"] = "close"
-            response = error_json(
-                refusal.status_code, refusal.code, refusal.message, headers, path=scope["path"]
-            )
-            await response(scope, receive, send)
+            await refusal_response(scope, refusal)(scope, receive, send)
             return
-        admission.in_flight += 1
-        try:
-            with nullcontext() if batcher is None else batcher.admitted():
-                await self.app(scope, receive, send)
-        finally:
-            admission.in_flight -= 1
+        with admission.taken(batcher):
+            await self.app(scope, receive, send)
 
 
 def closes(scope: Scope, refusal: ServiceUnavailable) -> bool:

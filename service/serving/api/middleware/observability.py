@@ -17,7 +17,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,17 @@ def note_model(name: str, version: int) -> None:
     if record is not None:
         record.model = name
         record.model_version = version
+
+
+@contextmanager
+def recording(record: RequestRecord) -> Iterator[RequestRecord]:
+    """Make ``record`` the current request's while the block runs: :func:`note_items` and
+    :func:`note_model` fill it in."""
+    token = _current.set(record)
+    try:
+        yield record
+    finally:
+        _current.reset(token)
 
 
 def current_request_id() -> str | None:
@@ -189,11 +201,10 @@ class RequestObserver:
                 message = {**message, "headers": headers}
             await send(message)
 
-        token = _current.set(record)
         try:
-            await self.app(scope, receive, send_with_id)
+            with recording(record):
+                await self.app(scope, receive, send_with_id)
         finally:
-            _current.reset(token)
             self._log.finish(scope, record, status, time.perf_counter() - started)
 
 

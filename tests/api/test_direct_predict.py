@@ -1,0 +1,258 @@
+"""``mmserve serve``'s connections answer the common ``POST /v1/predict`` themselves
+(:class:`service.serving.api.v1.plain.DirectPredict`), exactly as the app would: the same
+answers, headers, errors, order and connection handling, on a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.serving.api.state import app_state
+from service.serving.api.v1 import plain
+from service.serving.app import create_app
+from service.serving.settings import Settings
+from tests.support.fakes import BLUE, GREEN, LABELS, RED, FakeClassifier, image_bytes
+from tests.support.live import connect, free_port, read_response, serving, status_of
+
+# A query the FastAPI route accepts and that changes nothing: every class, as without it.
+EVERY_CLASS = f"?top_k={len(LABELS)}"
+BOUNDARY = "b0undary"
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(
+        model_store=tmp_path,
+        model_name="fake",
+        port=free_port(),
+        reload_poll_s=0,
+        max_text_chars=50,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many requests the connections answered themselves."""
+    calls: list[int] = []
+    original = plain.DirectPredict.answer
+
+    async def counting(self: plain.DirectPredict, *args: Any) -> plain.DirectAnswer:
+        calls.append(1)
+        return await original(self, *args)
+
+    monkeypatch.setattr(plain.DirectPredict, "answer", counting)
+    return calls
+
+
+@pytest.fixture
+def port(tmp_path: Path) -> Iterator[int]:
+    settings = _settings(tmp_path)
+    with serving(create_app(settings, classifier=FakeClassifier()), settings) as live_port:
+        yield live_port
+
+
+def _pair(color: tuple[int, int, int] = RED, text: str = "hi") -> dict[str, Any]:
+    return {"files": {"image": ("x.png", image_bytes(color), "image/png")}, "data": {"text": text}}
+
+
+def _post(port: int, query: str = "", **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"http://127.0.0.1:{port}/v1/predict{query}", timeout=10, **kwargs)
+
+
+def _raw_request(
+    color: tuple[int, int, int], query: str = "", version: str = "1.1", close: bool = False
+) -> bytes:
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="text"\r\n\r\nhi\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image_bytes(color)
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/predict{query} HTTP/{version}\r\nHost: test\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+    )
+    return head.encode() + body
+
+
+def _responses(raw: bytes) -> list[tuple[int, dict[str, str], Any]]:
+    """The responses in ``raw`` (Content-Length framed), in order."""
+    answers = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(headers["content-length"])
+        answers.append((int(lines[0].split()[1]), headers, json.loads(rest[:length])))
+        raw = rest[length:]
+    return answers
+
+
+def test_the_same_answers_headers_and_errors_as_the_app(port: int, taken: list[int]) -> None:
+    cases: list[dict[str, Any]] = [
+        _pair(),
+        {"data": {"text": "text only"}},
+        {"files": {"image": ("x.png", image_bytes(RED), "image/png")}},
+        {"data": {"text": ""}},  # neither modality: 422
+        {"data": {"text": "x" * 51}},  # over max_text_chars: 422
+        {"content": b"{}", "headers": {"content-type": "application/json"}},  # 415
+        {"files": {"image": ("x.png", b"not an image", "image/png")}, "data": {"text": "x"}},
+        {**_pair(), "headers": {"x-request-id": "my-own-id"}},
+    ]
+    for case in cases:
+        before = len(taken)
+        direct = _post(port, **case)
+        assert len(taken) == before + 1, "the connection answered it"
+        routed = _post(port, EVERY_CLASS, **case)
+        assert len(taken) == before + 1, "a query string goes to the app"
+        assert direct.status_code == routed.status_code, case
+        assert direct.json() == routed.json(), case
+        for header in (
+            "content-type",
+            "content-length",
+            "x-model-name",
+            "x-model-version",
+            "connection",
+            "server",
+        ):
+            assert direct.headers.get(header) == routed.headers.get(header), (header, case)
+        assert list(direct.headers) == list(routed.headers), case  # names and their order
+    assert _post(port, **cases[-1]).headers["x-request-id"] == "my-own-id"
+    assert _post(port, **_pair(GREEN)).json()["label"] == "green"
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'mmserve_http_requests_total{method="POST",route="/v1/predict",status="200"}' in metrics
+
+
+def test_pipelined_requests_are_answered_in_order(port: int, taken: list[int]) -> None:
+    """The second goes to the app (a query string) between two answered directly; all
+    three arrive in one write, and come back in the order they were sent."""
+    with connect(port) as sock:
+        sock.sendall(
+            _raw_request(RED) + _raw_request(GREEN, "?top_k=1") + _raw_request(BLUE, close=True)
+        )
+        answers = _responses(read_response(sock))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert [body["label"] for _, _, body in answers] == ["red", "green", "blue"]
+    assert [len(body["predictions"]) for _, _, body in answers] == [3, 1, 3]
+    assert answers[-1][1]["connection"] == "close"
+    assert len(taken) == 2
+
+
+def test_early_answers_and_closing_requests_close_the_connection(
+    port: int, taken: list[int]
+) -> None:
+    # Refused for its content type before its body is read: the rest is not waited for.
+    with connect(port) as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{}"
+        )
+        response = read_response(sock)  # returns once the server closes
+    assert status_of(response) == 415
+    assert b"\r\nconnection: close\r\n" in response
+    # HTTP/1.0 and Connection: close are answered, then closed, as uvicorn does.
+    for raw in (_raw_request(RED, version="1.0"), _raw_request(RED, close=True)):
+        with connect(port) as sock:
+            sock.sendall(raw)
+            [(status, headers, body)] = _responses(read_response(sock))
+        assert (status, headers["connection"], body["label"]) == (200, "close", "red")
+    assert len(taken) == 3
+
+
+def test_a_kept_alive_connection_serves_the_next_request(port: int) -> None:
+    with connect(port) as sock:
+        for color, label in ((RED, "red"), (BLUE, "blue")):
+            sock.sendall(_raw_request(color))
+            received = b""
+            while not _complete(received):
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed a kept-alive connection"
+                received += chunk
+            [(status, headers, body)] = _responses(received)
+            assert (status, body["label"]) == (200, label)
+            assert "connection" not in headers
+
+
+def _complete(raw: bytes) -> bool:
+    head, found, rest = raw.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return len(rest) >= length
+
+
+def test_an_unexpected_error_gets_the_apps_500(
+    port: int, taken: list[int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def failing(*args: Any) -> bytes:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plain, "_answer_body", failing)
+    direct = _post(port, **_pair())
+    assert len(taken) == 1
+    assert direct.status_code == 500
+    assert direct.json() == {
+        "error": {"code": "internal_error", "message": "internal server error"}
+    }
+    assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+    assert _post(port, **_pair()).status_code == 500  # and the server still answers
+
+
+@pytest.mark.parametrize("overrides", [{"direct_predict": False}, {"api_keys": "k" * 24}])
+def test_turned_off_or_with_keys_every_request_goes_to_the_app(
+    tmp_path: Path, taken: list[int], overrides: dict[str, Any]
+) -> None:
+    settings = _settings(tmp_path, **overrides)
+    with serving(create_app(settings, classifier=FakeClassifier()), settings) as live_port:
+        headers = {"authorization": f"Bearer {'k' * 24}"}
+        response = _post(live_port, **_pair(), headers=headers)
+    assert response.status_code == 200
+    assert response.json()["label"] == "red"
+    assert taken == []
+
+
+def test_a_body_over_the_limit_goes_to_the_app(tmp_path: Path, taken: list[int]) -> None:
+    settings = _settings(tmp_path, max_request_bytes=100)
+    with serving(create_app(settings, classifier=FakeClassifier()), settings) as live_port:
+        response = _post(live_port, **_pair())
+    assert response.status_code == 413
+    assert taken == []
+
+
+def test_a_client_gone_mid_body_frees_its_place(tmp_path: Path, taken: list[int]) -> None:
+    """Its request no longer counts as in flight (nor as on its way to the queue), and the
+    server answers the next one."""
+    settings = _settings(tmp_path)
+    app = create_app(settings, classifier=FakeClassifier())
+    admission = app_state(app).admission
+    assert admission is not None
+    with serving(app, settings) as live_port:
+        raw = _raw_request(RED)
+        with connect(live_port) as sock:
+            sock.sendall(raw[: len(raw) // 2])
+            deadline = time.monotonic() + 10
+            while admission.in_flight != 1:
+                assert time.monotonic() < deadline, "the request was never let in"
+                time.sleep(0.01)
+        while admission.in_flight != 0:
+            assert time.monotonic() < deadline, "the request still counts as in flight"
+            time.sleep(0.01)
+        with connect(live_port) as sock:
+            sock.sendall(_raw_request(GREEN, close=True))
+            [(status, _, body)] = _responses(read_response(sock))
+    assert (status, body["label"]) == (200, "green")
+    assert len(taken) == 2
