@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.serving.api.state import app_state
 from service.serving.api.v1 import plain
@@ -256,3 +257,30 @@ def test_a_client_gone_mid_body_frees_its_place(tmp_path: Path, taken: list[int]
             [(status, _, body)] = _responses(read_response(sock))
     assert (status, body["label"]) == (200, "green")
     assert len(taken) == 2
+
+
+def test_an_app_with_middleware_it_does_not_know_answers_every_request(
+    tmp_path: Path, taken: list[int]
+) -> None:
+    """Middleware a deployment adds (here one that tags every answer) must see the
+    request: the connections leave it to the app."""
+
+    class Tagging:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def tagged(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message["headers"], (b"x-tag", b"1")]}
+                await send(message)
+
+            await self.app(scope, receive, tagged)
+
+    settings = _settings(tmp_path)
+    app = create_app(settings, classifier=FakeClassifier())
+    app.add_middleware(Tagging)
+    with serving(app, settings) as live_port:
+        response = _post(live_port, **_pair())
+    assert (response.status_code, response.headers.get("x-tag")) == (200, "1")
+    assert taken == []

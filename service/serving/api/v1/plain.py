@@ -113,8 +113,11 @@ class DirectPredict:
     def __init__(self, app: FastAPI) -> None:
         self._app = app
         self._state = app_state(app)
-        self._route = next(r for r in app.router.routes if isinstance(r, PlainPredictRoute))
-        self._known = {m.cls for m in app.user_middleware} <= _KNOWN_MIDDLEWARE
+        self._route = next((r for r in app.router.routes if isinstance(r, PlainPredictRoute)), None)
+        # Another app, or this one with middleware added: every request goes to the app.
+        self._known = self._route is not None and (
+            {m.cls for m in app.user_middleware} <= _KNOWN_MIDDLEWARE
+        )
 
     def takes(self, scope: Scope) -> bool:
         """Whether this request (its headers parsed) is answered here."""
