@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -35,3 +35,9 @@ def binary(source_name: str, libraries: Sequence[str] = ()) -> Path | None:
             return None
         partial.replace(built_path)
     return built_path
+
+
+def framed(requests: Iterable[bytes]) -> bytes:
+    """Complete HTTP requests as the C clients read them from stdin (``read_requests`` in
+    ``loadgen.h``): each as a decimal length, a newline and that many bytes."""
+    return b"".join(b"%d\n%s" % (len(r), r) for r in requests)

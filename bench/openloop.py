@@ -366,7 +366,7 @@ def compiled_run(
     host, port, prepared = _prepare(url, payloads, rate, duration_s)
     if host not in ("127.0.0.1", "localhost"):
         raise ValueError(f"the compiled client speaks to 127.0.0.1 only, not {host}")
-    stdin = b"".join(b"%d\n%s" % (len(r), r) for r in prepared)
+    stdin = compiled.framed(prepared)
     command = [str(binary), str(port), repr(rate), repr(duration_s), str(max_connections)]
     command.append(repr(timeout_s))
     done = subprocess.run(command, input=stdin, capture_output=True, check=True)

@@ -259,7 +259,7 @@ def compiled_client() -> Path | None:
 async def compiled_closed_loop(binary: Path, load: Load) -> dict[str, object]:
     """:func:`closed_loop` with the compiled client: one C thread on epoll instead of
     Python coroutines, so that less of the cores the server shares goes to the client."""
-    stdin = b"".join(b"%d\n%s" % (len(r), r) for r in _bodies())
+    stdin = compiled.framed(_bodies())
     command = [str(binary), str(load.port), str(load.connections), str(load.seconds)]
     command += [str(int(load.honour)), str(load.jitter if load.honour else 0.0)]
     command.append(str(random.getrandbits(31)))

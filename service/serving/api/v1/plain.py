@@ -152,8 +152,8 @@ class DirectPredict:
         record = RequestRecord(request_id_of(scope))
         refusal, batcher = state.admission.decide(PATH)
         if refusal is not None:
-            response: Response = refusal_response(scope, refusal)
-            return DirectAnswer(response, record, b"connection" in dict(response.raw_headers))
+            # Its own Connection header says whether the connection closes after it.
+            return DirectAnswer(refusal_response(scope, refusal), record, close=False)
         body_done = False
 
         async def watched() -> Message:
@@ -166,7 +166,7 @@ class DirectPredict:
         request = Request(scope, watched)
         with recording(record), state.admission.taken(batcher):
             try:
-                response = Response(await _answer_body(state, request), media_type=JSON)
+                response: Response = Response(await _answer_body(state, request), media_type=JSON)
             except Exception as exc:
                 response, unexpected = await handled(self._app, request, exc)
                 if unexpected:  # the app re-raises these after answering, for this log
