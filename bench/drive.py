@@ -99,7 +99,9 @@ def measure_target(
                 f"p99 {report.fmt(row.p99_ms)} ms, {row.errors} errors"
             )
         if open_loop:
-            out.open_loop = _open_loop(server, url, bodies, out.rows, config, out.notes)
+            out.open_loop = _open_loop(
+                server, url, bodies, out.rows, config, out.notes, metrics_url
+            )
             server.check_alive()
         if profile:
             out.profile = _profile(server, url, bodies, generator, config, work, out.notes)
@@ -118,6 +120,7 @@ def _open_loop(
     rows: list[LevelResult],
     config: Config,
     notes: list[str],
+    metrics_url: str | None,
 ) -> list[OpenLoopRow]:
     name = server.name
     peak = max((r.rps for r in rows), default=0.0)
@@ -127,6 +130,9 @@ def _open_loop(
     out = []
     for share in config.open_loop_shares:
         _settle(server, notes)
+        before = _batch_sizes(metrics_url)
+        cpu0 = server.cpu_seconds()
+        machine0 = cpu_times()
         result = openloop.measure(
             url,
             bodies.payloads,
@@ -135,7 +141,21 @@ def _open_loop(
             timeout_s=config.request_timeout_s,
             python=config.python_load,
         )
-        out.append(OpenLoopRow(name, share, peak, result))
+        cpu = server.cpu_seconds() - cpu0
+        machine1 = cpu_times()
+        after = _batch_sizes(metrics_url)
+        answered = result.ok + result.errors
+        out.append(
+            OpenLoopRow(
+                name,
+                share,
+                peak,
+                result,
+                mean_between(before, after) if metrics_url else None,
+                1000.0 * cpu / answered if answered else None,
+                machine1.steal_pct_since(machine0) if machine0 and machine1 else None,
+            )
+        )
         kept = "kept up" if result.kept_up else "did NOT keep up"
         progress(
             f"{name} open loop at {share:.0%} of {peak:.0f} req/s: "

@@ -20,6 +20,7 @@ _LEVEL_HEADER = (
     "errors",
     "batch",
     "server CPU %",
+    "CPU ms/req",
     "steal %",
 )
 
@@ -56,6 +57,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 str(r.errors),
                 fmt(r.mean_batch_size, 2),
                 fmt(r.cpu_pct, 0),
+                fmt(10.0 * r.cpu_pct / r.rps if r.cpu_pct is not None and r.rps else None, 2),
                 fmt(r.steal_pct),
             )
         )
@@ -73,6 +75,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
             "1",
             "-",
             "-",
+            "-",
         )
     )
     rows.append(
@@ -86,6 +89,7 @@ def level_rows(report: BenchReport) -> list[tuple[str, ...]]:
             fmt(ip.batch_p99_ms / ip.batch_p50_ms if ip.batch_p50_ms else None),
             "0",
             str(ip.batch_size),
+            "-",
             "-",
             "-",
         )
@@ -132,6 +136,9 @@ def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple
         "max ms",
         "errors",
         "2xx/s",
+        "batch",
+        "CPU ms/req",
+        "steal %",
     )
     rows = []
     for o in report.open_loop:
@@ -149,6 +156,9 @@ def open_loop_rows(report: BenchReport) -> tuple[tuple[str, ...], Sequence[tuple
                 fmt(r.max_ms),
                 _errors(r.errors, r.error_kinds),
                 f"{r.throughput_rps:.1f}",
+                fmt(o.mean_batch_size, 2),
+                fmt(o.cpu_ms_per_request, 2),
+                fmt(o.steal_pct),
             )
         )
     return header, rows
@@ -356,9 +366,10 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
         "## Closed loop, every figure (in-process batch rows: items/s and per-batch latency)",
         "",
         "Errors are non-2xx answers plus socket errors. Server CPU: the server's processes' "
-        "CPU time over the level, in % of one core. Steal: the share of the machine's CPU "
-        "time that the host gave to others during the level (a virtual machine's steal "
-        "time, from /proc/stat); a level with much of it understates its server.",
+        "CPU time over the level, in % of one core, and per answered request. Steal: the "
+        "share of the machine's CPU time that the host gave to others during the level (a "
+        "virtual machine's steal time, from /proc/stat); a level with much of it understates "
+        "its server.",
         "",
         *_table(_LEVEL_HEADER, level_rows(report), markdown=True),
         "",
@@ -390,7 +401,10 @@ def render_markdown(report: BenchReport, results_file: str) -> str:
             "same bodies, on the same machine. *kept up*: "
             f"the generator sent at least {MIN_ACHIEVED_SHARE:.0%} of the rate with send lag "
             f"p99 <= {MAX_SEND_LAG_P99_MS:g} ms and never waited for a connection. "
-            f"{config['open_loop_duration_s']} s per rate.",
+            f"{config['open_loop_duration_s']} s per rate. Batch, CPU per request and steal "
+            "as in the closed loop: each model call has a fixed cost, so the CPU a request "
+            "takes falls as batches grow; the peak comes from the deepest closed-loop "
+            "level's batches, and a rate below it meets fewer requests waiting together.",
             "",
             *_table(header, rows, markdown=True),
             "",

@@ -72,6 +72,11 @@ class OpenLoopRow:
     share_of_peak: float
     peak_rps: float
     result: OpenLoopResult
+    # What the server did meanwhile, as for a closed-loop level: its mean batch size (from
+    # /metrics), its CPU time per answered request and the host's steal.
+    mean_batch_size: float | None = None
+    cpu_ms_per_request: float | None = None
+    steal_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,13 @@ class BenchReport:
             ratios=compute_ratios(rows, data["targets"], inprocess),
             open_loop=[
                 OpenLoopRow(
-                    o["target"], o["share_of_peak"], o["peak_rps"], OpenLoopResult(**o["result"])
+                    o["target"],
+                    o["share_of_peak"],
+                    o["peak_rps"],
+                    OpenLoopResult(**o["result"]),
+                    o.get("mean_batch_size"),
+                    o.get("cpu_ms_per_request"),
+                    o.get("steal_pct"),
                 )
                 for o in data["open_loop"]
             ],

@@ -277,6 +277,9 @@ def test_quick_benchmark_measures_every_row(trained_store: Path, tmp_path: Path)
     assert [o["share_of_peak"] for o in result["open_loop"]] == [0.5, 0.8]
     for o in result["open_loop"]:
         assert o["target"] == "service" and o["result"]["ok"] > 0
+        # What the server did meanwhile: its batches (from /metrics) and CPU per answer.
+        assert o["mean_batch_size"] >= 1.0 and o["cpu_ms_per_request"] > 0
+        assert 0.0 <= o["steal_pct"] <= 100.0
     # A profile, or a note saying why there is none (py-spy missing or not allowed to attach).
     if result["profiles"]:
         assert result["profiles"][0]["profile"]["samples"] > 0
