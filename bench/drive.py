@@ -14,7 +14,7 @@ import httpx
 from bench import openloop, profiling, report
 from bench.closedloop import BodySet, Generator
 from bench.config import Config
-from bench.machine import cpu_times
+from bench.machine import CpuTimes, cpu_times
 from bench.metrics import HistogramTotals, mean_between, read_batch_sizes
 from bench.results import LevelResult, MemoryResult, OpenLoopRow, ProfileRow
 from bench.servers import ServerFailed, ServerProcess, free_port, log_tail, running
@@ -29,6 +29,34 @@ _SETTLE_MAX_S = 30.0
 
 STEAL_NOTE_PCT = 5.0
 """Steal (the host's share of the machine's CPU time during a level) worth a note."""
+
+
+@dataclass
+class _Meter:
+    """What a server did over one measured phase: its mean batch size (from its metrics,
+    when it has them), its CPU time and the host's steal."""
+
+    server: ServerProcess
+    metrics_url: str | None
+    before: HistogramTotals | None
+    cpu0: float
+    machine0: CpuTimes | None
+    mean_batch_size: float | None = None
+    cpu_s: float = 0.0
+    steal_pct: float | None = None
+
+    @classmethod
+    def start(cls, server: ServerProcess, metrics_url: str | None) -> _Meter:
+        before = _batch_sizes(metrics_url)
+        return cls(server, metrics_url, before, server.cpu_seconds(), cpu_times())
+
+    def stop(self) -> None:
+        self.cpu_s = self.server.cpu_seconds() - self.cpu0
+        machine1 = cpu_times()
+        if self.machine0 and machine1:
+            self.steal_pct = machine1.steal_pct_since(self.machine0)
+        if self.metrics_url:
+            self.mean_batch_size = mean_between(self.before, _batch_sizes(self.metrics_url))
 
 
 @dataclass
@@ -77,18 +105,14 @@ def measure_target(
             _settle(server, out.notes)
             if warm_rss is None:
                 warm_rss = server.rss_bytes()
-            before = _batch_sizes(metrics_url)
-            cpu0 = server.cpu_seconds()
-            machine0 = cpu_times()
+            meter = _Meter.start(server, metrics_url)
             stats = generator.measure(url, bodies, level, config.duration_s)
-            cpu = server.cpu_seconds() - cpu0
-            machine1 = cpu_times()
-            steal = machine1.steal_pct_since(machine0) if machine0 and machine1 else None
-            after = _batch_sizes(metrics_url)
+            meter.stop()
             server.check_alive()
-            batch = mean_between(before, after) if metrics_url else target.fixed_batch_size
-            row = LevelResult.from_stats(target.name, stats, batch, cpu, steal)
+            batch = meter.mean_batch_size if metrics_url else target.fixed_batch_size
+            row = LevelResult.from_stats(target.name, stats, batch, meter.cpu_s, meter.steal_pct)
             out.rows.append(row)
+            steal = meter.steal_pct
             if steal is not None and steal >= STEAL_NOTE_PCT:
                 out.notes.append(
                     f"{target.name} c={level}: the host took {steal:.0f}% of the machine's CPU "
@@ -130,9 +154,7 @@ def _open_loop(
     out = []
     for share in config.open_loop_shares:
         _settle(server, notes)
-        before = _batch_sizes(metrics_url)
-        cpu0 = server.cpu_seconds()
-        machine0 = cpu_times()
+        meter = _Meter.start(server, metrics_url)
         result = openloop.measure(
             url,
             bodies.payloads,
@@ -141,9 +163,7 @@ def _open_loop(
             timeout_s=config.request_timeout_s,
             python=config.python_load,
         )
-        cpu = server.cpu_seconds() - cpu0
-        machine1 = cpu_times()
-        after = _batch_sizes(metrics_url)
+        meter.stop()
         answered = result.ok + result.errors
         out.append(
             OpenLoopRow(
@@ -151,9 +171,9 @@ def _open_loop(
                 share,
                 peak,
                 result,
-                mean_between(before, after) if metrics_url else None,
-                1000.0 * cpu / answered if answered else None,
-                machine1.steal_pct_since(machine0) if machine0 and machine1 else None,
+                meter.mean_batch_size,
+                1000.0 * meter.cpu_s / answered if answered else None,
+                meter.steal_pct,
             )
         )
         kept = "kept up" if result.kept_up else "did NOT keep up"
