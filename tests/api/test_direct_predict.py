@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.serving.api.state import app_state
@@ -284,3 +287,112 @@ def test_an_app_with_middleware_it_does_not_know_answers_every_request(
         response = _post(live_port, **_pair())
     assert (response.status_code, response.headers.get("x-tag")) == (200, "1")
     assert taken == []
+
+
+# --- any body, both ways ------------------------------------------------------------------
+
+# Mostly the parts the route reads, so that many bodies are answered 200; the rest are not.
+_PART_NAMES = st.one_of(
+    st.sampled_from(["image", "text"]),
+    st.sampled_from(["images", "caption", "", "Image", "text\u00e9"]),
+)
+
+
+@st.composite
+def _parts(draw: st.DrawFn) -> bytes:
+    """A multipart body's parts with ``BOUNDARY``, well formed or not."""
+    body = b""
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(_PART_NAMES)
+        disposition = f'Content-Disposition: form-data; name="{name}"'
+        if name == "image" or draw(st.integers(0, 3)) == 0:
+            disposition += f'; filename="{draw(st.sampled_from(["x.png", "", "a b.jpg"]))}"'
+        headers = [disposition]
+        if draw(st.booleans()):
+            kinds = ["image/png", "image/jpeg", "text/plain", "application/octet-stream", "x"]
+            headers.append(f"Content-Type: {draw(st.sampled_from(kinds))}")
+        images = st.sampled_from([image_bytes(RED), image_bytes(BLUE, fmt="JPEG"), b""])
+        texts = st.text(max_size=60).map(str.encode)
+        junk = st.binary(max_size=64)
+        payload = draw(
+            st.one_of(images, junk, texts) if name == "image" else st.one_of(texts, junk, images)
+        )
+        body += f"--{BOUNDARY}\r\n".encode() + "\r\n".join(headers).encode("utf-8") + b"\r\n\r\n"
+        body += payload + b"\r\n"
+    if draw(st.integers(0, 3)):
+        body += f"--{BOUNDARY}--\r\n".encode()
+    else:
+        body += draw(st.sampled_from([f"--{BOUNDARY}--", "", "--other--\r\n"])).encode()
+    return body if draw(st.integers(0, 4)) else body[: draw(st.integers(0, len(body)))]
+
+
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+_CONTENT_TYPES = st.one_of(
+    st.just(CONTENT_TYPE),
+    st.sampled_from(
+        [
+            f'multipart/form-data; boundary="{BOUNDARY}"',
+            "multipart/form-data",
+            "multipart/form-data; boundary=",
+            "multipart/mixed; boundary=" + BOUNDARY,
+            "application/json",
+            "text/plain",
+            "nonsense",
+            None,
+        ]
+    ),
+)
+
+
+@st.composite
+def _well_formed(draw: st.DrawFn) -> tuple[bytes, str | None]:
+    """An image, a text or both, as the client sends them (texts may be over the limit)."""
+    parts = []
+    if draw(st.booleans()):
+        image = draw(st.sampled_from([image_bytes(RED), image_bytes(GREEN, fmt="JPEG")]))
+        parts.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n'
+            "Content-Type: image/png\r\n\r\n".encode()
+            + image
+            + b"\r\n"
+        )
+    if not parts or draw(st.booleans()):
+        text = draw(st.text(max_size=60))
+        parts.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="text"\r\n\r\n'.encode()
+            + text.encode()
+            + b"\r\n"
+        )
+    order = draw(st.permutations(parts))
+    return b"".join(order) + f"--{BOUNDARY}--\r\n".encode(), CONTENT_TYPE
+
+
+_REQUESTS = st.one_of(_well_formed(), st.tuples(_parts(), _CONTENT_TYPES))
+
+
+def test_any_body_gets_the_same_answer_as_through_the_app(tmp_path: Path, taken: list[int]) -> None:
+    """Well-formed or broken bodies, under any content type: the connection's answer and
+    the app's have the same status, JSON and header names in the same order."""
+    settings = _settings(tmp_path)
+    with (
+        serving(create_app(settings, classifier=FakeClassifier()), settings) as live_port,
+        httpx.Client(base_url=f"http://127.0.0.1:{live_port}", timeout=10) as client,
+    ):
+
+        @hypothesis_settings(max_examples=150, deadline=None)
+        @given(request=_REQUESTS)
+        def check(request: tuple[bytes, str | None]) -> None:
+            body, content_type = request
+            headers = {} if content_type is None else {"content-type": content_type}
+            before = len(taken)
+            direct = client.post("/v1/predict", content=body, headers=headers)
+            assert len(taken) == before + 1, "the connection answered it"
+            routed = client.post(f"/v1/predict{EVERY_CLASS}", content=body, headers=headers)
+            assert len(taken) == before + 1, "a query string goes to the app"
+            assert direct.status_code == routed.status_code
+            assert direct.json() == routed.json()
+            assert list(direct.headers) == list(routed.headers)  # names and their order
+            for header in ("content-type", "content-length", "connection", "retry-after"):
+                assert direct.headers.get(header) == routed.headers.get(header), header
+
+        check()
