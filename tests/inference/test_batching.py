@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,10 @@ class GatedModel:
 
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.acquire, True, 10), "model never called"
+
+
+def pixels(value: float = 0.0) -> np.ndarray:
+    return np.full((1, 2, 2, 3), value, np.float32)
 
 
 def item(text: str, value: float = 0.0) -> tuple[np.ndarray, list[str]]:
@@ -203,6 +209,7 @@ def test_cancelled_request_is_dropped_before_the_model() -> None:
         kept = asyncio.create_task(batcher.predict(*item("kept")))
         await queued(batcher, 2)
         gone.cancel()
+        await asyncio.wait({gone})  # gone before the model thread takes the next batch
         model.gate.set()
         await first
         assert (await kept).tolist() == [[4, 0]]
@@ -323,6 +330,138 @@ def test_nothing_waits_when_no_request_is_on_its_way() -> None:
         with batcher.arriving() as arrival:
             out = await asyncio.wait_for(batcher.predict(*item("solo"), arrival), 10)
         assert out.tolist() == [[4, 0]]
+        await batcher.close()
+
+    run(body)
+
+
+# --- requests queued by the thread that decodes their images ------------------------------
+
+
+def test_a_decoding_thread_queues_its_request_without_the_event_loop() -> None:
+    async def body() -> None:
+        model = GatedModel(gated=False)
+        batcher = AdaptiveBatcher(model, max_batch_size=8)
+        with ThreadPoolExecutor(1) as pool:
+            task = asyncio.create_task(
+                batcher.predict_prepared(lambda: item("x", 5.0)[0], ["x"], pool)
+            )
+            await asyncio.sleep(0)  # the request is handed to the decoding thread
+            # The event loop is blocked here, yet the request reaches the model.
+            assert model.entered.acquire(timeout=10), "the model waited for the event loop"
+            assert (await task).tolist() == [[1, 5]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_prepared_requests_share_batches_and_raise_their_own_errors() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_batch_size=8)
+
+        def broken() -> np.ndarray:
+            raise ValueError("not an image")
+
+        with ThreadPoolExecutor(2) as pool:
+            first = asyncio.create_task(batcher.predict(*item("first")))
+            await model.wait_entered()
+            ok = [
+                asyncio.create_task(
+                    batcher.predict_prepared(functools.partial(pixels, v), [t], pool)
+                )
+                for t, v in (("p1", 1.0), ("p22", 2.0))
+            ]
+            with pytest.raises(ValueError, match="not an image"):
+                await batcher.predict_prepared(broken, ["bad"], pool)
+            await queued(batcher, 2)
+            model.gate.set()
+            await first
+            assert [(await t).tolist() for t in ok] == [[[2, 1]], [[3, 2]]]
+        assert model.calls == [["first"], ["p1", "p22"]]
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_prepared_request_counts_as_admitted_until_its_thread_queues_it() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model, max_queue_items=4)
+        decoded = threading.Event()
+
+        def prepare() -> np.ndarray:
+            assert decoded.wait(10)
+            return item("")[0]
+
+        with ThreadPoolExecutor(1) as pool:
+            running = asyncio.create_task(batcher.predict(*item("r")))
+            await model.wait_entered()
+
+            async def request() -> np.ndarray:
+                with batcher.admitted():
+                    return await batcher.predict_prepared(prepare, ["d"], pool)
+
+            task = asyncio.create_task(request())
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert (batcher.queued_items, batcher.admitted_requests) == (0, 1)
+            decoded.set()
+            await queued(batcher, 1)
+            assert (batcher.queued_items, batcher.admitted_requests) == (1, 0)
+            model.gate.set()
+            await asyncio.gather(running, task)
+        assert (batcher.queued_items, batcher.admitted_requests) == (0, 0)
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_request_cancelled_while_decoding_never_reaches_the_model() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        batcher = AdaptiveBatcher(model)
+        decoded = threading.Event()
+
+        def prepare() -> np.ndarray:
+            assert decoded.wait(10)
+            return item("")[0]
+
+        with ThreadPoolExecutor(1) as pool:
+            first = asyncio.create_task(batcher.predict(*item("first")))
+            await model.wait_entered()
+            gone = asyncio.create_task(batcher.predict_prepared(prepare, ["gone"], pool))
+            await asyncio.sleep(0)
+            gone.cancel()
+            decoded.set()  # decoded after its client left: queued, then dropped unrun
+            await queued(batcher, 1)
+            kept = asyncio.create_task(batcher.predict(*item("kept")))
+            model.gate.set()
+            await first
+            assert (await kept).tolist() == [[4, 0]]
+        assert gone.cancelled()
+        assert model.calls == [["first"], ["kept"]]
+        await batcher.close()
+        with ThreadPoolExecutor(1) as pool, pytest.raises(ServiceUnavailable):
+            await batcher.predict_prepared(prepare, ["after close"], pool)
+
+    run(body)
+
+
+def test_a_request_whose_decoding_never_starts_is_answered_503() -> None:
+    async def body() -> None:
+        batcher = AdaptiveBatcher(GatedModel(gated=False))
+        busy = threading.Event()
+        pool = ThreadPoolExecutor(1)
+        pool.submit(busy.wait, 10)  # the only decoding thread is taken
+        waiting = asyncio.create_task(batcher.predict_prepared(pixels, ["x"], pool))
+        await asyncio.sleep(0)
+        pool.shutdown(wait=False, cancel_futures=True)  # as the service does when it stops
+        busy.set()
+        with pytest.raises(ServiceUnavailable):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(ServiceUnavailable):
+            await batcher.predict_prepared(pixels, ["later"], pool)
         await batcher.close()
 
     run(body)

@@ -3,6 +3,7 @@ modality becomes the model's trained blank), then batch."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,9 +31,24 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     """Probabilities ``[N, C]`` for the items, in order, through the runtime's decoder and
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log
-    with runtime.batcher.arriving() as arrival:
-        images, texts = await model_inputs(runtime, items, blanks_of(runtime.classifier))
-        probabilities = await runtime.batcher.predict(images, texts, arrival)
+    batcher = runtime.batcher
+    with batcher.arriving() as arrival:
+        image = items[0].image if len(items) == 1 else None
+        if image is not None:
+            # The usual request: its decoding thread queues it for the model itself.
+            text = items[0].text
+            if text is None:
+                text = blanks_of(runtime.classifier).text
+            decoder = runtime.decoder
+            probabilities = await batcher.predict_prepared(
+                functools.partial(decoder.decode_one, image),
+                [text],
+                decoder.executor,
+                arrival,
+            )
+        else:
+            images, texts = await model_inputs(runtime, items, blanks_of(runtime.classifier))
+            probabilities = await batcher.predict(images, texts, arrival)
     model = runtime.classifier
     MODEL_PREDICTIONS.labels(model.name, str(model.version)).inc(len(items))
     count_unsupported(model, items)

@@ -4,6 +4,13 @@ A lone request runs at once (no added delay while the model is idle). While the 
 busy, new requests queue; when it finishes, everything queued (up to ``max_batch_size``
 items) runs as the next batch, so the batch size adapts to the load.
 
+The queue belongs to one model thread, which takes each batch itself and hands the
+results back to each caller's event loop. Requests are queued from the event loop
+(:meth:`AdaptiveBatcher.predict`) or, for images still to be decoded, by the decoding
+thread as soon as they are ready (:meth:`AdaptiveBatcher.predict_prepared`): the event
+loop is then not on the way from a decoded image to the model, which it would otherwise
+be on for every request, however busy it is.
+
 Callers announce requests before their images are decoded (:meth:`arriving`). When a batch
 is ready while announced requests are still decoding, it waits for them, up to
 ``max_batch_delay``, so that bursts share one model call instead of trickling in one by
@@ -28,10 +35,11 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,7 +53,7 @@ PredictFn = Callable[[np.ndarray, list[str]], np.ndarray]
 
 
 class BatchObserver(Protocol):
-    """Receives one record per model call (metrics)."""
+    """Receives one record per model call (metrics), on the model thread."""
 
     def observe_batch(
         self, size: int, queue_seconds: Sequence[float], inference_seconds: float
@@ -61,6 +69,7 @@ class _Job:
     images: np.ndarray
     texts: list[str]
     future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop  # the caller's, where its future is settled
     enqueued: float
     deadline: float
 
@@ -85,7 +94,11 @@ class Admitted:
     counted: bool = True
 
     def release(self) -> None:
-        """Stop counting the request (once; later calls do nothing)."""
+        """Stop counting the request (once; later calls do nothing). Any thread."""
+        with self.batcher._cond:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
         if self.counted:
             self.counted = False
             self.batcher._admitted -= 1
@@ -104,6 +117,29 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     sizes: list[int] = field(default_factory=list)
+
+
+def _settle(future: asyncio.Future[np.ndarray], result: np.ndarray | BaseException) -> None:
+    """Give ``future`` its result or exception unless its caller already left (the
+    caller's event loop runs this)."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _settle_all(results: list[tuple[asyncio.Future[np.ndarray], np.ndarray]]) -> None:
+    for future, result in results:
+        _settle(future, result)
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """Run ``callback`` on ``loop`` (from the model or a decoding thread); nothing when the
+    loop has closed, its callers with it."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 class AdaptiveBatcher:
@@ -129,14 +165,14 @@ class AdaptiveBatcher:
         self.retry_after = retry_after
         self._observer = observer
         self._keep_sizes = keep_sizes
+        # Everything below is shared with the model thread and changed under this lock.
+        self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
         self._admitted = 0  # requests let in by admission control, not yet queued nor ended
         self._on_the_way: set[Arrival] = set()  # announced, not queued nor given up
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmserve-model")
-        self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._thread: threading.Thread | None = None
         self.stats = BatchStats()
 
     @property
@@ -161,7 +197,8 @@ class AdaptiveBatcher:
         reach the queue (:meth:`predict`, in the same task) or it ends. A request that goes
         to another batcher instead (a canary version's) is counted here until it ends."""
         admitted = Admitted(self)
-        self._admitted += 1
+        with self._cond:
+            self._admitted += 1
         token = _ADMITTED.set(admitted)
         try:
             yield admitted
@@ -173,18 +210,26 @@ class AdaptiveBatcher:
     def arriving(self) -> Iterator[Arrival]:
         """Announce a request that will call :meth:`predict` soon."""
         arrival = Arrival()
-        self._on_the_way.add(arrival)
+        with self._cond:
+            self._on_the_way.add(arrival)
         try:
             yield arrival
         finally:
-            if not arrival.arrived:  # it failed before reaching the queue
+            self._give_up(arrival)
+
+    def _give_up(self, arrival: Arrival) -> None:
+        """A request announced that will not reach the queue (it failed before): a batch
+        waiting for it stops waiting. Nothing when it did reach the queue."""
+        with self._cond:
+            if not arrival.arrived and arrival in self._on_the_way:
                 self._on_the_way.discard(arrival)
-                self._wakeup.set()
+                self._cond.notify_all()
 
     def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+        """Start the model thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="mmserve-model", daemon=True)
+            self._thread.start()
 
     async def predict(
         self, images: np.ndarray, texts: Sequence[str], arrival: Arrival | None = None
@@ -193,33 +238,93 @@ class AdaptiveBatcher:
 
         ``arrival`` is the announcement made by :meth:`arriving`, if any.
         """
-        admitted = _ADMITTED.get()
-        if admitted is not None and admitted.batcher is self:
-            admitted.release()  # its items are counted as queued from here on
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(images, texts, future, arrival, self._own_admission())
+        return await self._answer(future)
+
+    async def predict_prepared(
+        self,
+        prepare: Callable[[], np.ndarray],
+        texts: Sequence[str],
+        executor: Executor,
+        arrival: Arrival | None = None,
+    ) -> np.ndarray:
+        """As :meth:`predict`, for images that ``prepare`` makes on one of ``executor``'s
+        threads (decoding): that thread queues the request as soon as they are ready. An
+        exception from ``prepare`` is raised here as it was raised there."""
         if self._closed:
             raise ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
-        n = len(texts)
-        if self._queued_items and self._queued_items + n > self.max_queue_items:
-            raise QueueFull(
-                f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",
-                retry_after=self.retry_after,
-            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        admitted = self._own_admission()
+
+        def work() -> None:
+            try:
+                images = prepare()
+                self._enqueue(images, texts, future, arrival, admitted)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                if arrival is not None:
+                    self._give_up(arrival)
+                _call_in(loop, _settle, future, exc)
+
+        def stopped() -> ServiceUnavailable:
+            return ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
+
+        def dropped(submitted: Future[None]) -> None:
+            if submitted.cancelled():  # the decoding threads stopped before it started
+                _call_in(loop, _settle, future, stopped())
+
         self.start()
-        now = time.monotonic()
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        job = _Job(images, list(texts), future, now, now + self.timeout)
-        self._pending.append(job)
-        self._queued_items += n
-        if self._observer is not None:
-            self._observer.observe_queue(self._queued_items)
-        if arrival is not None and not arrival.arrived:
-            arrival.arrived = True
-            self._on_the_way.discard(arrival)
-        self._wakeup.set()
+        try:
+            executor.submit(work).add_done_callback(dropped)
+        except RuntimeError as exc:  # the decoding threads have stopped
+            raise stopped() from exc
+        return await self._answer(future)
+
+    def _own_admission(self) -> Admitted | None:
+        """The current request's admission, when it was made for this batcher."""
+        admitted = _ADMITTED.get()
+        return admitted if admitted is not None and admitted.batcher is self else None
+
+    def _enqueue(
+        self,
+        images: np.ndarray,
+        texts: Sequence[str],
+        future: asyncio.Future[np.ndarray],
+        arrival: Arrival | None,
+        admitted: Admitted | None,
+    ) -> None:
+        """Queue a request (any thread); raises what the caller answers at once."""
+        n = len(texts)
+        with self._cond:
+            if admitted is not None:
+                admitted._release_locked()  # its items are counted as queued from here on
+            if self._closed:
+                raise ServiceUnavailable(
+                    "the service is shutting down", retry_after=self.retry_after
+                )
+            if self._queued_items and self._queued_items + n > self.max_queue_items:
+                raise QueueFull(
+                    f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",
+                    retry_after=self.retry_after,
+                )
+            now = time.monotonic()
+            job = _Job(images, list(texts), future, future.get_loop(), now, now + self.timeout)
+            self._pending.append(job)
+            self._queued_items += n
+            if self._observer is not None:  # under the lock: depths are reported in order
+                self._observer.observe_queue(self._queued_items)
+            if arrival is not None and not arrival.arrived:
+                arrival.arrived = True
+                self._on_the_way.discard(arrival)
+            self._cond.notify_all()
+        self.start()
+
+    async def _answer(self, future: asyncio.Future[np.ndarray]) -> np.ndarray:
         try:
             done, _ = await asyncio.wait({future}, timeout=self.timeout)
         except asyncio.CancelledError:
-            future.cancel()  # the caller went away: the loop drops the job unrun
+            future.cancel()  # the caller went away: the model thread drops the job unrun
             raise
         if not done:
             future.cancel()
@@ -227,29 +332,46 @@ class AdaptiveBatcher:
         return future.result()
 
     async def close(self) -> None:
-        """Refuse new requests (503), answer every queued one, then stop the loop."""
-        self._closed = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        """Refuse new requests (503), answer every queued one, then stop the model
+        thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    async def _loop(self) -> None:
+    def _serve(self) -> None:
+        """The model thread: take each batch and run it, until closed and drained."""
         while True:
-            while not self._pending:
-                if self._closed:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self.max_batch_delay > 0 and self._on_the_way and not self._closed:
-                await self._gather(set(self._on_the_way), time.monotonic() + self.max_batch_delay)
-            batch = self._take()
+            with self._cond:
+                while not self._pending:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                if self.max_batch_delay > 0 and self._on_the_way and not self._closed:
+                    self._gather(set(self._on_the_way), time.monotonic() + self.max_batch_delay)
+                batch, expired = self._take()
+                if self._observer is not None:
+                    self._observer.observe_queue(self._queued_items)
+            for job in expired:
+                _call_in(
+                    job.loop,
+                    _settle,
+                    job.future,
+                    DeadlineExceeded(f"waited past the {self.timeout:g}s deadline in the queue"),
+                )
             if batch:
-                await self._run(batch)
+                try:
+                    self._run(batch)
+                except Exception as exc:  # never lose the model thread
+                    log.exception("a batch of %d requests could not be run", len(batch))
+                    for job in batch:
+                        _call_in(job.loop, _settle, job.future, exc)
 
-    async def _gather(self, awaited: set[Arrival], until: float) -> None:
+    def _gather(self, awaited: set[Arrival], until: float) -> None:
         """Hold a partial batch open while any of the ``awaited`` requests (those on their
-        way when it was ready) still is, until it is full or ``until`` (monotonic) passes."""
+        way when it was ready) still is, until it is full or ``until`` (monotonic) passes.
+        Called with the lock held."""
         while (
             not awaited.isdisjoint(self._on_the_way)
             and self._queued_items < self.max_batch_size
@@ -258,27 +380,27 @@ class AdaptiveBatcher:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            self._cond.wait(remaining)
 
-    def _take(self) -> list[_Job]:
-        """Pop the next batch: live jobs in arrival order, up to ``max_batch_size`` items.
+    def _take(self) -> tuple[list[_Job], list[_Job]]:
+        """Pop the next batch: live jobs in arrival order, up to ``max_batch_size`` items;
+        and the jobs found past their deadline. Called with the lock held.
 
         A single job larger than the limit runs alone rather than never.
         """
         batch: list[_Job] = []
+        expired: list[_Job] = []
         items = 0
         now = time.monotonic()
         while self._pending:
             job = self._pending[0]
-            if not job.future.done() and now > job.deadline:
-                job.future.set_exception(
-                    DeadlineExceeded(f"waited past the {self.timeout:g}s deadline in the queue")
-                )
-            if job.future.done():  # cancelled by its caller, or expired
+            # The caller's loop owns the future; reading whether it is done (cancelled by
+            # its caller) from here at worst runs a job whose caller just left.
+            if job.future.done() or now > job.deadline:
                 self._pending.popleft()
                 self._queued_items -= job.size
+                if not job.future.done():
+                    expired.append(job)
                 continue
             if batch and items + job.size > self.max_batch_size:
                 break
@@ -286,33 +408,34 @@ class AdaptiveBatcher:
             self._queued_items -= job.size
             batch.append(job)
             items += job.size
-        if self._observer is not None:
-            self._observer.observe_queue(self._queued_items)
-        return batch
+        return batch, expired
 
-    async def _run(self, batch: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self, batch: list[_Job]) -> None:
         images = batch[0].images if len(batch) == 1 else np.concatenate([j.images for j in batch])
         texts = [t for job in batch for t in job.texts]
         started = time.monotonic()
         try:
-            probs = await loop.run_in_executor(self._executor, self._predict, images, texts)
+            probs = self._predict(images, texts)
         except Exception as exc:
             if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
+                _call_in(batch[0].loop, _settle, batch[0].future, exc)
                 return
             log.warning("a batch of %d requests failed (%s); retrying one by one", len(batch), exc)
             for job in batch:
-                await self._run([job])
+                self._run([job])
             return
         elapsed = time.monotonic() - started
         self._record(len(texts), [started - job.enqueued for job in batch], elapsed)
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[np.ndarray], np.ndarray]]
+        ]
+        by_loop = {}
         offset = 0
         for job in batch:
-            if not job.future.done():
-                job.future.set_result(probs[offset : offset + job.size])
+            by_loop.setdefault(job.loop, []).append((job.future, probs[offset : offset + job.size]))
             offset += job.size
+        for loop, results in by_loop.items():
+            _call_in(loop, _settle_all, results)
 
     def _record(self, size: int, queue_seconds: list[float], inference_seconds: float) -> None:
         self.stats.batches += 1

@@ -68,6 +68,19 @@ class ImageDecoder:
             return results[0][np.newaxis]  # type: ignore[index]
         return np.stack(results)  # type: ignore[arg-type]
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The decoding threads, for work that decodes and then goes on from there."""
+        return self._executor
+
+    def decode_one(self, data: bytes) -> np.ndarray:
+        """One file decoded into float32 ``[1, H, W, 3]``, on the calling thread; raises
+        what :meth:`decode` raises for it."""
+        image = preprocess_image(
+            data, self.size, max_pixels=self.max_pixels, allowed_formats=self.allowed_formats
+        )
+        return image[np.newaxis]
+
     def close(self) -> None:
         """Stop the decoding threads."""
         self._executor.shutdown(wait=True, cancel_futures=True)
