@@ -14,8 +14,9 @@ be on for every request, however busy it is.
 Callers announce requests before their images are decoded (:meth:`arriving`). When a batch
 is ready while announced requests are still decoding, it waits for them, up to
 ``max_batch_delay``, so that bursts share one model call instead of trickling in one by
-one. It waits only for the requests announced by the time it was ready, not for those
-announced during the wait: under a steady stream of arrivals, there is always another one
+one. It waits only for the requests announced by the time it was ready (when its first
+request was queued, or when the model came free for a queue that had formed behind a
+running batch), not for those announced later: under a steady stream of arrivals, there is always another one
 on its way, and waiting for it would hold every batch for the whole delay. Nothing waits
 on requests that are not on their way: an idle service adds no delay.
 
@@ -72,6 +73,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop  # the caller's, where its future is settled
     enqueued: float
     deadline: float
+    # The requests on their way when this one was queued into an empty queue, so that a
+    # batch it starts waits for them and not for later ones; None when it queued behind
+    # others (its batch is ready when the model is free, and looks then).
+    awaited: set[Arrival] | None = None
 
     @property
     def size(self) -> int:
@@ -226,10 +231,15 @@ class AdaptiveBatcher:
                 self._cond.notify_all()
 
     def start(self) -> None:
-        """Start the model thread (once)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="mmserve-model", daemon=True)
-            self._thread.start()
+        """Start the model thread (once; any thread)."""
+        if self._thread is not None:
+            return
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="mmserve-model", daemon=True
+                )
+                self._thread.start()
 
     async def predict(
         self, images: np.ndarray, texts: Sequence[str], arrival: Arrival | None = None
@@ -308,15 +318,17 @@ class AdaptiveBatcher:
                     f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",
                     retry_after=self.retry_after,
                 )
+            if arrival is not None and not arrival.arrived:
+                arrival.arrived = True
+                self._on_the_way.discard(arrival)
             now = time.monotonic()
             job = _Job(images, list(texts), future, future.get_loop(), now, now + self.timeout)
+            if not self._pending:
+                job.awaited = set(self._on_the_way)
             self._pending.append(job)
             self._queued_items += n
             if self._observer is not None:  # under the lock: depths are reported in order
                 self._observer.observe_queue(self._queued_items)
-            if arrival is not None and not arrival.arrived:
-                arrival.arrived = True
-                self._on_the_way.discard(arrival)
             self._cond.notify_all()
         self.start()
 
@@ -349,7 +361,12 @@ class AdaptiveBatcher:
                         return
                     self._cond.wait()
                 if self.max_batch_delay > 0 and self._on_the_way and not self._closed:
-                    self._gather(set(self._on_the_way), time.monotonic() + self.max_batch_delay)
+                    head = self._pending[0]
+                    if head.awaited is None:  # ready now, the model being free
+                        awaited, ready = set(self._on_the_way), time.monotonic()
+                    else:  # ready when it was queued
+                        awaited, ready = head.awaited, head.enqueued
+                    self._gather(awaited, ready + self.max_batch_delay)
                 batch, expired = self._take()
                 if self._observer is not None:
                     self._observer.observe_queue(self._queued_items)
