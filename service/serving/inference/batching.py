@@ -16,9 +16,10 @@ is ready while announced requests are still decoding, it waits for them, up to
 ``max_batch_delay``, so that bursts share one model call instead of trickling in one by
 one. It waits only for the requests announced by the time it was ready (when its first
 request was queued, or when the model came free for a queue that had formed behind a
-running batch), not for those announced later: under a steady stream of arrivals, there is always another one
-on its way, and waiting for it would hold every batch for the whole delay. Nothing waits
-on requests that are not on their way: an idle service adds no delay.
+running batch), not for those announced later: under a steady stream of arrivals, there
+is always another one on its way, and waiting for it would hold every batch for the whole
+delay. Nothing waits on requests that are not on their way: an idle service adds no
+delay.
 
 The queue is bounded (``QueueFull`` -> 503 with Retry-After). Admission control counts the
 requests it let in that have not reached the queue yet (:meth:`admitted`), one item each,
