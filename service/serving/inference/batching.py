@@ -264,7 +264,7 @@ class AdaptiveBatcher:
         threads (decoding): that thread queues the request as soon as they are ready. An
         exception from ``prepare`` is raised here as it was raised there."""
         if self._closed:
-            raise ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
+            raise self._shutting_down()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         admitted = self._own_admission()
@@ -278,19 +278,19 @@ class AdaptiveBatcher:
                     self._give_up(arrival)
                 _call_in(loop, _settle, future, exc)
 
-        def stopped() -> ServiceUnavailable:
-            return ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
-
         def dropped(submitted: Future[None]) -> None:
             if submitted.cancelled():  # the decoding threads stopped before it started
-                _call_in(loop, _settle, future, stopped())
+                _call_in(loop, _settle, future, self._shutting_down())
 
         self.start()
         try:
             executor.submit(work).add_done_callback(dropped)
         except RuntimeError as exc:  # the decoding threads have stopped
-            raise stopped() from exc
+            raise self._shutting_down() from exc
         return await self._answer(future)
+
+    def _shutting_down(self) -> ServiceUnavailable:
+        return ServiceUnavailable("the service is shutting down", retry_after=self.retry_after)
 
     def _own_admission(self) -> Admitted | None:
         """The current request's admission, when it was made for this batcher."""
@@ -311,9 +311,7 @@ class AdaptiveBatcher:
             if admitted is not None:
                 admitted._release_locked()  # its items are counted as queued from here on
             if self._closed:
-                raise ServiceUnavailable(
-                    "the service is shutting down", retry_after=self.retry_after
-                )
+                raise self._shutting_down()
             if self._queued_items and self._queued_items + n > self.max_queue_items:
                 raise QueueFull(
                     f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",

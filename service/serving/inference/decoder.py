@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,15 +43,11 @@ class ImageDecoder:
         message names its position.
         """
         loop = asyncio.get_running_loop()
-        decode = functools.partial(
-            preprocess_image,
-            size=self.size,
-            max_pixels=self.max_pixels,
-            allowed_formats=self.allowed_formats,
-        )
         if blank is None and any(data is None for data in files):
             raise ValueError("a missing image needs the model's blank")
-        jobs = [loop.run_in_executor(self._executor, decode, d) for d in files if d is not None]
+        jobs = [
+            loop.run_in_executor(self._executor, self._pixels, d) for d in files if d is not None
+        ]
         decoded = iter(await asyncio.gather(*jobs, return_exceptions=True))
         results = [blank if data is None else next(decoded) for data in files]
         for i, result in enumerate(results):
@@ -76,10 +71,13 @@ class ImageDecoder:
     def decode_one(self, data: bytes) -> np.ndarray:
         """One file decoded into float32 ``[1, H, W, 3]``, on the calling thread; raises
         what :meth:`decode` raises for it."""
-        image = preprocess_image(
+        return self._pixels(data)[np.newaxis]
+
+    def _pixels(self, data: bytes) -> np.ndarray:
+        """One file through the shared preprocessing, with this decoder's limits."""
+        return preprocess_image(
             data, self.size, max_pixels=self.max_pixels, allowed_formats=self.allowed_formats
         )
-        return image[np.newaxis]
 
     def close(self) -> None:
         """Stop the decoding threads."""
