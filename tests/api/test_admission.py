@@ -23,7 +23,7 @@ from service.serving.api.draining import start_draining
 from service.serving.api.state import app_state
 from service.serving.app import create_app
 from service.serving.settings import Settings
-from tests.support.fakes import FakeClassifier, image_bytes
+from tests.support.fakes import FakeClassifier, default_runtime, image_bytes
 from tests.support.live import connect, free_port, multipart_head, read_response, serving
 from tests.support.probes import metric_value, poll
 
@@ -136,12 +136,16 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
     tmp_path: Path, gated: GatedClassifier
 ) -> None:
     settings = _settings(tmp_path, max_in_flight=1)
-    with serving(create_app(settings, classifier=gated), settings) as port:
+    app = create_app(settings, classifier=gated)
+    with serving(app, settings) as port:
         url = f"http://127.0.0.1:{port}"
         counted_before = _requests_counted(url, "/v1/predict", "503")
         in_flight_before = _refusals_counted(url, "in_flight", "admission")
         holder = _occupy(url, gated)
+        batcher = default_runtime(app).batcher
+        refusing_before = batcher.refusing
         status, headers, body, _ = _refused_without_body(port)
+        refusing_after = batcher.refusing
         health = httpx.get(f"{url}/health/live", timeout=10)  # GETs are never capped
         with connect(port) as kept:
             # A small body is discarded and the connection kept for the next request.
@@ -152,6 +156,7 @@ def test_requests_over_the_in_flight_cap_are_refused_before_their_body(
         refused_count = _requests_counted(url, "/v1/predict", "503") - counted_before
         by_reason = _refusals_counted(url, "in_flight", "admission") - in_flight_before
     assert by_reason == 2
+    assert not refusing_before and refusing_after  # the model's batcher was told
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "limit 1" in body["error"]["message"]  # type: ignore[index]
@@ -223,17 +228,21 @@ def test_a_full_queue_refuses_before_the_body_is_read(
     tmp_path: Path, gated: GatedClassifier
 ) -> None:
     settings = _settings(tmp_path, max_queue_items=1)
-    with serving(create_app(settings, classifier=gated), settings) as port:
+    app = create_app(settings, classifier=gated)
+    with serving(app, settings) as port:
         url = f"http://127.0.0.1:{port}"
         before = _refusals_counted(url, "queue_full", "admission")
         running = _occupy(url, gated)  # the model is busy with the first request
+        batcher = default_runtime(app).batcher
         queued = threading.Thread(target=_predict, args=(url,))
         queued.start()
         poll(lambda: _queue_depth(url) >= 1, "the second request to queue")
+        refusing_before = batcher.refusing
         status, headers, body, _ = _refused_without_body(port)
         gated.release(running, queued)
         counted = _refusals_counted(url, "queue_full", "admission") - before
     assert counted == 1
+    assert not refusing_before and batcher.refusing  # the model's batcher was told
     assert status == 503
     assert body["error"]["code"] == "overloaded"  # type: ignore[index]
     assert "queue" in body["error"]["message"]  # type: ignore[index]

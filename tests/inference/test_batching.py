@@ -117,9 +117,11 @@ def test_full_queue_answers_503_with_retry_after_and_recovers() -> None:
         await model.wait_entered()
         waiting = [asyncio.create_task(batcher.predict(*item(t))) for t in ("q1", "q2")]
         await queued(batcher, 2)
+        assert not batcher.refusing
         with pytest.raises(QueueFull) as err:
             await batcher.predict(*item("one too many"))
         assert err.value.status_code == 503 and err.value.retry_after == 3
+        assert batcher.refusing  # saturated, for callers that choose their way by it
         model.gate.set()
         await asyncio.gather(running, *waiting)
         assert (await batcher.predict(*item("later"))).shape == (1, 2)

@@ -34,8 +34,10 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     batcher = runtime.batcher
     with batcher.arriving() as arrival:
         image = items[0].image if len(items) == 1 else None
-        if image is not None:
-            # The usual request: its decoding thread queues it for the model itself.
+        if image is not None and not batcher.refusing:
+            # The usual request: its decoding thread queues it for the model itself. Not
+            # while requests are refused: the event loop, which refuses them, then paces
+            # the decoding threads instead of losing the cores to them.
             text = items[0].text
             if text is None:
                 text = blanks_of(runtime.classifier).text

@@ -9,7 +9,10 @@ results back to each caller's event loop. Requests are queued from the event loo
 (:meth:`AdaptiveBatcher.predict`) or, for images still to be decoded, by the decoding
 thread as soon as they are ready (:meth:`AdaptiveBatcher.predict_prepared`): the event
 loop is then not on the way from a decoded image to the model, which it would otherwise
-be on for every request, however busy it is.
+be on for every request, however busy it is. While requests are being refused (the service
+is saturated, :attr:`AdaptiveBatcher.refusing`), callers go back to queueing from the event
+loop: the decoding threads then wait for it, and it keeps the share of the cores it needs to
+refuse quickly and to answer the requests it took.
 
 Callers announce requests before their images are decoded (:meth:`arriving`). When a batch
 is ready while announced requests are still decoding, it waits for them, up to
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -52,6 +56,10 @@ from service.errors import DeadlineExceeded, QueueFull, ServiceUnavailable
 log = logging.getLogger("mmserve.batching")
 
 PredictFn = Callable[[np.ndarray, list[str]], np.ndarray]
+
+REFUSING_S = 1.0
+"""How long after a refusal a batcher counts as saturated (:attr:`AdaptiveBatcher.refusing`):
+the ``Retry-After`` a refused client is given."""
 
 
 class BatchObserver(Protocol):
@@ -179,6 +187,7 @@ class AdaptiveBatcher:
         self._on_the_way: set[Arrival] = set()  # announced, not queued nor given up
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._refused_at = -math.inf  # when a request for it was last refused (monotonic)
         self.stats = BatchStats()
 
     @property
@@ -196,6 +205,16 @@ class AdaptiveBatcher:
         """Whether admission control refuses a new request: the queued items and the
         requests let in on their way to the queue (one item each) fill the queue."""
         return self._queued_items + self._admitted >= self.max_queue_items
+
+    @property
+    def refusing(self) -> bool:
+        """Whether a request for this batcher was refused, at admission or at the queue,
+        within the last :data:`REFUSING_S` seconds: the service is saturated."""
+        return time.monotonic() - self._refused_at < REFUSING_S
+
+    def note_refusal(self) -> None:
+        """Admission control refused a request that would have come here (any thread)."""
+        self._refused_at = time.monotonic()
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Admitted]:
@@ -308,11 +327,13 @@ class AdaptiveBatcher:
         """Queue a request (any thread); raises what the caller answers at once."""
         n = len(texts)
         with self._cond:
+            now = time.monotonic()
             if admitted is not None:
                 admitted._release_locked()  # its items are counted as queued from here on
             if self._closed:
                 raise self._shutting_down()
             if self._queued_items and self._queued_items + n > self.max_queue_items:
+                self._refused_at = now
                 raise QueueFull(
                     f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",
                     retry_after=self.retry_after,
@@ -320,7 +341,6 @@ class AdaptiveBatcher:
             if arrival is not None and not arrival.arrived:
                 arrival.arrived = True
                 self._on_the_way.discard(arrival)
-            now = time.monotonic()
             job = _Job(images, list(texts), future, future.get_loop(), now, now + self.timeout)
             if not self._pending:
                 job.awaited = set(self._on_the_way)

@@ -74,19 +74,22 @@ class Admission:
         settings = state.settings
         if settings is None:
             return None, None  # not started: the routes answer 503 themselves
+        registry = state.registry
+        model = registry.find(_model_name(path)) if registry is not None else None
+        batcher = None if model is None else model.primary().batcher
         if self.in_flight >= settings.max_in_flight:
             overloaded = Overloaded(
                 f"{self.in_flight} requests in flight (limit {settings.max_in_flight}); "
                 "retry shortly",
                 retry_after=RETRY_AFTER_S,
             )
+            if batcher is not None:
+                batcher.note_refusal()
             return overloaded, None
-        registry = state.registry
-        model = registry.find(_model_name(path)) if registry is not None else None
-        if model is None:
+        if model is None or batcher is None:
             return None, None  # not a model request, or one the route answers 404
-        batcher = model.primary().batcher
         if batcher.full:
+            batcher.note_refusal()
             full = QueueFull(
                 f"the queue of {model.name} holds {batcher.queued_items} items and "
                 f"{batcher.admitted_requests} requests are on their way to it "
