@@ -56,12 +56,12 @@ from service.serving.api.middleware.observability import (
     REQUEST_ID_HEADER,
     VERSION_HEADER_KEY,
     RequestLog,
-    RequestRecord,
     request_id_of,
 )
 from service.serving.api.state import AppState
 from service.serving.api.v1.plain import DirectAnswer, DirectPredict
 from service.serving.metrics import count_refusal
+from service.serving.request_record import RequestRecord
 from service.serving.settings import Settings
 
 log = logging.getLogger("mmserve.connections")

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import service.serving.api  # noqa: F401  (first: the data plane and the routes import each other)
 from service.serving.dataplane.items import Item
 from service.serving.dataplane.predict import predict_items
 from service.serving.inference import batching

@@ -14,11 +14,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import ServiceUnavailable, ShuttingDown
-from service.serving.api.middleware.observability import note_model
 from service.serving.api.state import AppState, app_state
 from service.serving.inference.registry import ModelRegistry
 from service.serving.inference.runtime import Runtime
 from service.serving.metrics import REQUESTS_IN_FLIGHT
+from service.serving.request_record import note_model
 from service.serving.settings import Settings
 
 RETRY_AFTER_S = 5

@@ -12,13 +12,13 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from service.serving.api.middleware.observability import note_items
 from service.serving.dataplane.items import Item
 from service.serving.dataplane.modality import blanks_of, count_unsupported
 from service.serving.dataplane.predict import model_inputs
 from service.serving.dataplane.traffic import observe
 from service.serving.inference.runtime import Runtime
 from service.serving.metrics import MODEL_PREDICTIONS
+from service.serving.request_record import note_items
 
 Explain = Literal["modality"]
 """The explanations a request may ask for."""

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.preprocessing import Blanks
-from service.serving.api.middleware.observability import note_items
 from service.serving.dataplane.items import Item
 from service.serving.dataplane.modality import blanks_of, count_unsupported
 from service.serving.dataplane.traffic import observe
 from service.serving.inference.runtime import Runtime
 from service.serving.metrics import MODEL_PREDICTIONS
+from service.serving.request_record import note_items
 
 
 async def model_inputs(

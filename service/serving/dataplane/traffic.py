@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.serving.api.middleware.observability import current_request_id
 from service.serving.dataplane.items import Item, modalities
 from service.serving.inference.runtime import Runtime
+from service.serving.request_record import current_request_id
 
 
 def observe(runtime: Runtime, items: Sequence[Item], probabilities: np.ndarray) -> None:

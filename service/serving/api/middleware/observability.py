@@ -17,10 +17,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -31,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.serving.api.state import app_state
 from service.serving.logging_setup import direct_handler, json_line
 from service.serving.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from service.serving.request_record import RequestRecord, recording
 
 log = logging.getLogger("mmserve.access")
 
@@ -51,51 +49,6 @@ _HEADER_KEY = REQUEST_ID_HEADER.lower().encode("ascii")
 # Any other method is labelled OTHER: a client must not be able to add label values.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MAX_LOGGED_PATH = 256
-
-_current: ContextVar[RequestRecord | None] = ContextVar("mmserve_request", default=None)
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """What the handlers tell the access log about the request being served."""
-
-    request_id: str
-    items: int | None = None
-    model: str | None = None
-    model_version: int | None = None
-
-
-def note_items(items: int) -> None:
-    """Record how many image+text pairs the current request sent to the model."""
-    record = _current.get()
-    if record is not None:
-        record.items = items
-
-
-def note_model(name: str, version: int) -> None:
-    """Record the model version serving the current request."""
-    record = _current.get()
-    if record is not None:
-        record.model = name
-        record.model_version = version
-
-
-@contextmanager
-def recording(record: RequestRecord) -> Iterator[RequestRecord]:
-    """Make ``record`` the current request's while the block runs: :func:`note_items` and
-    :func:`note_model` fill it in."""
-    token = _current.set(record)
-    try:
-        yield record
-    finally:
-        _current.reset(token)
-
-
-def current_request_id() -> str | None:
-    """The id of the request being served (None outside a request)."""
-    record = _current.get()
-    return record.request_id if record is not None else None
-
 
 Templates = Callable[[], Sequence[tuple[re.Pattern[str], str]]]
 """The app's route templates with their compiled patterns."""

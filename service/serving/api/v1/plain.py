@@ -37,15 +37,11 @@ from service.serving.api.errors import handled
 from service.serving.api.media import JSON
 from service.serving.api.middleware.admission import AdmissionControl, refusal_response
 from service.serving.api.middleware.limits import BodySizeLimit
-from service.serving.api.middleware.observability import (
-    RequestObserver,
-    RequestRecord,
-    recording,
-    request_id_of,
-)
+from service.serving.api.middleware.observability import RequestObserver, request_id_of
 from service.serving.api.state import AppState, app_state
 from service.serving.api.v1.predict import predict_one
 from service.serving.api.v1.schemas import PredictResponse
+from service.serving.request_record import RequestRecord, recording
 
 PATH = "/v1/predict"
 _SERIALIZER = PredictResponse.__pydantic_serializer__
