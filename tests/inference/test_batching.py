@@ -308,6 +308,30 @@ def test_requests_announced_during_the_wait_do_not_extend_it() -> None:
     run(body)
 
 
+def test_a_request_queued_behind_a_running_batch_waits_for_those_announced_since() -> None:
+    async def body() -> None:
+        model = GatedModel()
+        # A delay far longer than the test: only the arrival can end the wait.
+        batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_delay=60)
+        running = asyncio.create_task(batcher.predict(*item("r")))
+        await model.wait_entered()
+        behind = asyncio.create_task(batcher.predict(*item("q")))
+        await queued(batcher, 1)
+        # Announced after "q" was queued, but before the model came free.
+        with batcher.arriving() as later:
+            model.gate.set()
+            await running
+            assert not await asyncio.to_thread(model.entered.acquire, True, 0.2), (
+                "ran without waiting for the request on its way when the model came free"
+            )
+            joined = asyncio.create_task(batcher.predict(*item("later"), later))
+            await asyncio.wait_for(asyncio.gather(behind, joined), 10)
+        assert model.calls == [["r"], ["q", "later"]]
+        await batcher.close()
+
+    run(body)
+
+
 def test_announced_request_that_fails_early_ends_the_wait() -> None:
     async def body() -> None:
         model = GatedModel(gated=False)

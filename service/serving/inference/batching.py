@@ -18,11 +18,11 @@ Callers announce requests before their images are decoded (:meth:`arriving`). Wh
 is ready while announced requests are still decoding, it waits for them, up to
 ``max_batch_delay``, so that bursts share one model call instead of trickling in one by
 one. It waits only for the requests announced by the time it was ready (when its first
-request was queued, or when the model came free for a queue that had formed behind a
-running batch), not for those announced later: under a steady stream of arrivals, there
-is always another one on its way, and waiting for it would hold every batch for the whole
-delay. Nothing waits on requests that are not on their way: an idle service adds no
-delay.
+request was queued, the model being idle; or when the model came free, for a request
+queued while it ran a batch), not for those announced later: under a steady stream of
+arrivals, there is always another one on its way, and waiting for it would hold every
+batch for the whole delay. Nothing waits on requests that are not on their way: an idle
+service adds no delay.
 
 The queue is bounded (``QueueFull`` -> 503 with Retry-After). Admission control counts the
 requests it let in that have not reached the queue yet (:meth:`admitted`), one item each,
@@ -82,9 +82,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop  # the caller's, where its future is settled
     enqueued: float
     deadline: float
-    # The requests on their way when this one was queued into an empty queue, so that a
-    # batch it starts waits for them and not for later ones; None when it queued behind
-    # others (its batch is ready when the model is free, and looks then).
+    # The requests on their way when this one was queued into an empty queue with the model
+    # idle, so that a batch it starts waits for them and not for later ones; None when it
+    # queued behind others or while the model ran a batch (its batch is ready when the
+    # model comes free, and looks then).
     awaited: set[Arrival] | None = None
 
     @property
@@ -187,6 +188,7 @@ class AdaptiveBatcher:
         self._on_the_way: set[Arrival] = set()  # announced, not queued nor given up
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._running = False  # the model thread is running a batch
         self._refused_at = -math.inf  # when a request for it was last refused (monotonic)
         self.stats = BatchStats()
 
@@ -342,7 +344,7 @@ class AdaptiveBatcher:
                 arrival.arrived = True
                 self._on_the_way.discard(arrival)
             job = _Job(images, list(texts), future, future.get_loop(), now, now + self.timeout)
-            if not self._pending:
+            if not self._pending and not self._running:
                 job.awaited = set(self._on_the_way)
             self._pending.append(job)
             self._queued_items += n
@@ -375,6 +377,7 @@ class AdaptiveBatcher:
         """The model thread: take each batch and run it, until closed and drained."""
         while True:
             with self._cond:
+                self._running = False
                 while not self._pending:
                     if self._closed:
                         return
@@ -387,6 +390,7 @@ class AdaptiveBatcher:
                         awaited, ready = head.awaited, head.enqueued
                     self._gather(awaited, ready + self.max_batch_delay)
                 batch, expired = self._take()
+                self._running = bool(batch)
                 if self._observer is not None:
                     self._observer.observe_queue(self._queued_items)
             for job in expired:
