@@ -23,8 +23,12 @@ async def model_inputs(
     """The model's inputs for the items: decoded pixels ``[N, H, W, 3]`` and texts, with
     ``blanks`` where a modality is missing (pixels, never an encoded file)."""
     images = await runtime.decoder.decode([item.image for item in items], blanks.image)
-    texts = [blanks.text if item.text is None else item.text for item in items]
-    return images, texts
+    return images, _texts(items, blanks)
+
+
+def _texts(items: Sequence[Item], blanks: Blanks) -> list[str]:
+    """The items' texts, with the trained blank where one is missing."""
+    return [blanks.text if item.text is None else item.text for item in items]
 
 
 async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
@@ -32,24 +36,22 @@ async def predict_items(runtime: Runtime, items: Sequence[Item]) -> np.ndarray:
     batcher (announced before decoding, so that bursts share one model call)."""
     note_items(len(items))  # for the access log
     batcher = runtime.batcher
+    blanks = blanks_of(runtime.classifier)
     with batcher.arriving() as arrival:
         image = items[0].image if len(items) == 1 else None
         if image is not None and not batcher.refusing:
             # The usual request: its decoding thread queues it for the model itself. Not
             # while requests are refused: the event loop, which refuses them, then paces
             # the decoding threads instead of losing the cores to them.
-            text = items[0].text
-            if text is None:
-                text = blanks_of(runtime.classifier).text
             decoder = runtime.decoder
             probabilities = await batcher.predict_prepared(
                 functools.partial(decoder.decode_one, image),
-                [text],
+                _texts(items, blanks),
                 decoder.executor,
                 arrival,
             )
         else:
-            images, texts = await model_inputs(runtime, items, blanks_of(runtime.classifier))
+            images, texts = await model_inputs(runtime, items, blanks)
             probabilities = await batcher.predict(images, texts, arrival)
     model = runtime.classifier
     MODEL_PREDICTIONS.labels(model.name, str(model.version)).inc(len(items))

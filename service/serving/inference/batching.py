@@ -79,7 +79,6 @@ class _Job:
     images: np.ndarray
     texts: list[str]
     future: asyncio.Future[np.ndarray]
-    loop: asyncio.AbstractEventLoop  # the caller's, where its future is settled
     enqueued: float
     deadline: float
     # The requests on their way when this one was queued into an empty queue with the model
@@ -91,6 +90,11 @@ class _Job:
     @property
     def size(self) -> int:
         return len(self.texts)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The caller's event loop, where its future is settled."""
+        return self.future.get_loop()
 
 
 @dataclass(eq=False)
@@ -335,7 +339,7 @@ class AdaptiveBatcher:
             if self._closed:
                 raise self._shutting_down()
             if self._queued_items and self._queued_items + n > self.max_queue_items:
-                self._refused_at = now
+                self.note_refusal()
                 raise QueueFull(
                     f"the queue holds {self._queued_items} items (limit {self.max_queue_items})",
                     retry_after=self.retry_after,
@@ -343,7 +347,7 @@ class AdaptiveBatcher:
             if arrival is not None and not arrival.arrived:
                 arrival.arrived = True
                 self._on_the_way.discard(arrival)
-            job = _Job(images, list(texts), future, future.get_loop(), now, now + self.timeout)
+            job = _Job(images, list(texts), future, now, now + self.timeout)
             if not self._pending and not self._running:
                 job.awaited = set(self._on_the_way)
             self._pending.append(job)
